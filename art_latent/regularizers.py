@@ -1,0 +1,89 @@
+"""
+Regularizers as pure functions of tensors: testable alone, reusable across trainers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+NORMALIZATIONS = ("batch", "layer", "sample")
+_TINY = 1e-12
+
+
+def _entry_norm(t: torch.Tensor, p: int) -> torch.Tensor:
+    """Entry-wise p-norm of the whole tensor, p in {1, 2}."""
+    if p == 1:
+        return t.abs().sum()
+    return t.square().sum().clamp_min(_TINY).sqrt()  # clamp: sqrt has an infinite gradient at 0
+
+
+def latent_disparity(
+    clean: Sequence[torch.Tensor],
+    perturbed: Sequence[torch.Tensor],
+    normalization: str = "batch",
+    p: int = 1,
+) -> torch.Tensor:
+    r"""
+    HLDR's latent disparity between the activations of benign and perturbed inputs (paper 000, eq. 3).
+
+    With :math:`s_l(x)` the activation of layer :math:`l` and :math:`\|\cdot\|_p` the entry-wise p-norm:
+
+    * ``"batch"`` (the paper and the authors' code, default): one ratio over the whole batch and all layers,
+      :math:`\|[s_l(x) - s_l(x_a)]_{l,i}\|_p \,/\, \|[s_l(x)]_{l,i}\|_p`; for ``p=1`` exactly
+      :math:`\sum_l |s_l(x) - s_l(x_a)| / \sum_l |s_l(x)|` with the sums over the batch;
+    * ``"layer"``: the mean over layers of the per-layer ratio (each layer weighs the same, whatever its size);
+    * ``"sample"``: the mean over samples of the per-sample ratio (all layers of one sample together).
+
+    The gradient flows through both the numerator and the denominator (as in the authors' code).
+
+    :param clean: Activations of the benign inputs, one tensor per layer, each ``(n, ...)``.
+    :param perturbed: Activations of the perturbed inputs, same shapes.
+    :param normalization: ``"batch"``, ``"layer"`` or ``"sample"``.
+    :param p: 1 (L1, the paper) or 2 (L2).
+    :return: A scalar tensor.
+    """
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"`normalization` must be one of {NORMALIZATIONS}, got {normalization!r}.")
+    if p not in (1, 2):
+        raise ValueError(f"`p` must be 1 or 2, got {p!r}.")
+    if len(clean) != len(perturbed) or not clean:
+        raise ValueError(f"Need the same non-zero number of clean and perturbed layers, got {len(clean)} and "
+                         f"{len(perturbed)}.")
+    for a, b in zip(clean, perturbed, strict=True):
+        if a.shape != b.shape:
+            raise ValueError(f"Clean and perturbed activations differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}.")
+    # Accumulate in float32 at least, so the disparity stays finite under bf16/fp16 autocast.
+    clean = [a.float() if a.dtype in (torch.float16, torch.bfloat16) else a for a in clean]
+    perturbed = [b.float() if b.dtype in (torch.float16, torch.bfloat16) else b for b in perturbed]
+
+    if normalization == "layer":
+        ratios = [
+            _entry_norm(a - b, p) / _entry_norm(a, p).clamp_min(_TINY)
+            for a, b in zip(clean, perturbed, strict=True)
+        ]
+        return torch.stack(ratios).mean()
+
+    if normalization == "batch":
+        if p == 1:
+            num = sum((a - b).abs().sum() for a, b in zip(clean, perturbed, strict=True))
+            den = sum(a.abs().sum() for a in clean)
+        else:
+            num = sum((a - b).square().sum() for a, b in zip(clean, perturbed, strict=True)).clamp_min(_TINY).sqrt()
+            den = sum(a.square().sum() for a in clean).clamp_min(_TINY).sqrt()
+        return num / den.clamp_min(_TINY)
+
+    # "sample": per-sample sums over every layer's non-batch dims
+    def per_sample(t: torch.Tensor) -> torch.Tensor:
+        flat = t.reshape(t.shape[0], -1)
+        return flat.abs().sum(dim=1) if p == 1 else flat.square().sum(dim=1)
+
+    num = sum(per_sample(a - b) for a, b in zip(clean, perturbed, strict=True))
+    den = sum(per_sample(a) for a in clean)
+    if p == 2:
+        num, den = num.clamp_min(_TINY).sqrt(), den.clamp_min(_TINY).sqrt()
+    return (num / den.clamp_min(_TINY)).mean()

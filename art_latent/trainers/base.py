@@ -1,0 +1,431 @@
+"""
+:class:`LatentTrainer`: the one training loop every art_latent defense reuses.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from art.data_generators import DataGenerator
+from art.defences.trainer.trainer import Trainer
+from art.estimators.classification.pytorch import PyTorchClassifier
+from tqdm.auto import tqdm
+
+from art_latent.estimator import LatentClassifier
+from art_latent.perturbations import PerturbationSource, as_perturbation_source
+from art_latent.utils import preserve_mode
+from art_latent.validation import check_data, check_int
+
+logger = logging.getLogger(__name__)
+
+Batch = dict[str, torch.Tensor]
+Callback = Callable[["LatentTrainer", int, dict[str, float]], Any]
+
+
+class LatentTrainer(Trainer):
+    """
+    The training loop shared by every art_latent defense; on its own it trains with the classifier's loss (plain
+    fine-tuning, the undefended baseline).
+
+    ``fit`` owns batching, device placement, epochs, progress bars, validation, history, callbacks, schedulers and
+    checkpoint/resume. A defense overrides :meth:`training_step` (and, when it needs extra per-sample tensors such
+    as precomputed adversarial pairs, :meth:`prepare_data` / :meth:`on_epoch_start`).
+
+    The whole training set lives on the classifier's device; per batch nothing is copied to the host: metrics are
+    accumulated on the device and read once per epoch (and at each progress-bar refresh when `verbose`).
+    """
+
+    def __init__(
+        self,
+        classifier: LatentClassifier | PyTorchClassifier,
+        validation_attack: Any = None,
+        seed: int | None = None,
+        log_every: int = 20,
+    ) -> None:
+        """
+        :param classifier: The classifier to train; a plain ART ``PyTorchClassifier`` is wrapped in a
+                           :class:`~art_latent.LatentClassifier` sharing its model and optimizer.
+        :param validation_attack: An ART evasion attack or :class:`~art_latent.perturbations.PerturbationSource`
+                                  used for the robust validation accuracy in ``history`` (none by default).
+        :param seed: Seeds torch, numpy (ART's random initialisations) and the shuffling, for reproducible runs.
+        :param log_every: Refresh the progress bar's postfix every this many batches (each refresh reads the
+                          running metrics from the device once).
+        """
+        if not isinstance(classifier, PyTorchClassifier):
+            raise TypeError(
+                f"`classifier` must be an art_latent LatentClassifier or ART PyTorchClassifier, got "
+                f"{type(classifier).__name__}: art_latent defends PyTorch models only."
+            )
+        if not isinstance(classifier, LatentClassifier):
+            logger.info("Wrapping the PyTorchClassifier in a LatentClassifier (shared model and optimizer).")
+            classifier = LatentClassifier.from_classifier(classifier)
+        if classifier.optimizer is None:
+            raise ValueError("The classifier has no optimizer: pass `optimizer=` when creating it.")
+        super().__init__(classifier)
+        self._classifier: LatentClassifier = classifier
+        self.validation_attack: PerturbationSource | None = (
+            None if validation_attack is None else as_perturbation_source(validation_attack)
+        )
+        if seed is not None:
+            check_int("seed", seed, minimum=0)
+        self.seed = seed
+        self.log_every = check_int("log_every", log_every)
+        self.history: list[dict[str, float]] = []
+        self._stop = False
+
+    # ------------------------------------------------------------------ hooks for methods
+
+    @property
+    def classifier(self) -> LatentClassifier:
+        """The classifier being trained."""
+        return self._classifier
+
+    @property
+    def device(self) -> torch.device:
+        """The classifier's device."""
+        return self._classifier.device
+
+    def prepare_data(self, x: torch.Tensor, y: torch.Tensor) -> Batch:
+        """
+        Build the per-sample tensors the epochs iterate over (on the device). Called once at the start of ``fit``.
+
+        :param x: Training inputs.
+        :param y: Class indices.
+        :return: A dict of tensors with the same first dimension; ``"x"`` and ``"y"`` at least.
+        """
+        return {"x": x, "y": y}
+
+    def on_epoch_start(self, epoch: int, data: Batch) -> Batch:
+        """
+        Called before each epoch of ``fit``; may return new per-sample tensors (e.g. regenerated adversarial pairs).
+
+        :param epoch: The epoch index (0-based).
+        :param data: The current per-sample tensors.
+        :return: The tensors for this epoch.
+        """
+        return data
+
+    def training_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """
+        Compute the loss of one batch (the model is in train mode, gradients are zero).
+
+        :param batch: ``"x"``, ``"y"`` and whatever :meth:`prepare_data` added, indexed for this batch.
+        :return: ``(loss, logits, logs)``: the scalar loss to back-propagate, the logits of the clean inputs
+                 ``batch["x"]`` (for the training accuracy) and a dict of detached scalar tensors to average over
+                 the epoch (e.g. ``"regularizer"``).
+        """
+        logits = self._classifier.model(self._preprocess(batch["x"]))
+        loss = self._classifier._loss(logits, batch["y"])
+        return loss, logits, {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Extra state of the method to checkpoint (besides model, optimizer, history and RNG states)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+    # ------------------------------------------------------------------ helpers for methods
+
+    def _preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        return self._classifier._apply_preprocessing(x, y=None, fit=False, no_grad=False)[0]
+
+    def _to_device(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return (
+            torch.from_numpy(np.ascontiguousarray(x)).to(self.device),
+            torch.from_numpy(np.ascontiguousarray(y)).to(self.device),
+        )
+
+    def _check(self, x: Any, y: Any, name: str = "x") -> tuple[np.ndarray, np.ndarray]:
+        clf = self._classifier
+        return check_data(x, y, clf.input_shape, clf.nb_classes, clf.clip_values, name=name)
+
+    # ------------------------------------------------------------------ fit
+
+    def fit(  # pylint: disable=W0221
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        validation_data: tuple[np.ndarray, np.ndarray] | None = None,
+        batch_size: int = 128,
+        nb_epochs: int = 20,
+        scheduler: Any = None,
+        callbacks: Sequence[Callback] | None = None,
+        verbose: bool = True,
+        shuffle: bool = True,
+        checkpoint_path: str | os.PathLike | None = None,
+        resume: bool = False,
+        **kwargs: Any,
+    ) -> list[dict[str, float]]:
+        """
+        Train the classifier.
+
+        :param x: Training inputs ``(n, *input_shape)``, floating, within the classifier's ``clip_values``.
+        :param y: Labels as class indices ``(n,)`` or one-hot ``(n, nb_classes)``.
+        :param validation_data: ``(x_val, y_val)`` evaluated after every epoch (clean accuracy, and robust accuracy
+                                when the trainer has a ``validation_attack``).
+        :param batch_size: Samples per step.
+        :param nb_epochs: Number of epochs.
+        :param scheduler: Anything with ``.step()`` (a ``torch.optim.lr_scheduler`` object), stepped once per epoch;
+                          ``ReduceLROnPlateau`` receives the validation loss (training loss without validation).
+        :param callbacks: Callables ``callback(trainer, epoch, logs)`` run after each epoch; one returning ``True``
+                          stops training.
+        :param verbose: Show progress bars.
+        :param shuffle: Shuffle the samples every epoch.
+        :param checkpoint_path: Write a checkpoint (model, optimizer, history, RNG and method state) here after every
+                                epoch, atomically: an interrupted run leaves the last complete one.
+        :param resume: Continue from `checkpoint_path` when it exists.
+        :return: The history: one dict per epoch.
+        """
+        if kwargs:
+            raise TypeError(f"Unexpected keyword arguments for fit: {sorted(kwargs)}.")
+        batch_size = check_int("batch_size", batch_size)
+        nb_epochs = check_int("nb_epochs", nb_epochs)
+        if scheduler is not None and not callable(getattr(scheduler, "step", None)):
+            raise TypeError(f"`scheduler` must have a .step() method, got {type(scheduler).__name__}.")
+        if resume and checkpoint_path is None:
+            raise ValueError("`resume=True` needs a `checkpoint_path`.")
+        x_np, y_np = self._check(x, y)
+        val = None
+        if validation_data is not None:
+            if len(validation_data) != 2:
+                raise ValueError("`validation_data` must be a tuple (x_val, y_val).")
+            val = self._to_device(*self._check(*validation_data, name="validation_data[0]"))
+        self._check_fit_params(x_np, y_np, batch_size)
+        self._seed_everything()
+        x_t, y_t = self._to_device(x_np, y_np)
+
+        state = {"data": None}
+
+        def epoch_batches(epoch: int) -> tuple[int, Iterator[Batch]]:
+            if state["data"] is None:
+                state["data"] = self.prepare_data(x_t, y_t)
+            data = state["data"] = self.on_epoch_start(epoch, state["data"])
+            n = len(data["y"])
+            if shuffle:
+                order = torch.randperm(n, generator=self._shuffle_generator).to(self.device)
+            else:
+                order = torch.arange(n, device=self.device)
+            starts = range(0, n, batch_size)
+            return len(starts), ({k: v[order[s : s + batch_size]] for k, v in data.items()} for s in starts)
+
+        return self._loop(epoch_batches, nb_epochs, scheduler, callbacks, verbose, val, checkpoint_path, resume)
+
+    def fit_generator(  # pylint: disable=W0221
+        self,
+        generator: DataGenerator,
+        nb_epochs: int = 20,
+        validation_data: tuple[np.ndarray, np.ndarray] | None = None,
+        scheduler: Any = None,
+        callbacks: Sequence[Callback] | None = None,
+        verbose: bool = True,
+        checkpoint_path: str | os.PathLike | None = None,
+        resume: bool = False,
+        **kwargs: Any,
+    ) -> list[dict[str, float]]:
+        """
+        Train on batches from an ART ``DataGenerator`` (``get_batch()``, ``size``, ``batch_size``).
+
+        Each batch is validated and moved to the device; methods that precompute per-sample tensors in
+        :meth:`prepare_data` build them per batch instead (see the method's documentation).
+
+        :param generator: An ART ``DataGenerator`` yielding numpy ``(x, y)`` batches.
+        :param nb_epochs: Number of epochs; an epoch is ``ceil(generator.size / generator.batch_size)`` batches.
+        :param validation_data: See :meth:`fit`.
+        :param scheduler: See :meth:`fit`.
+        :param callbacks: See :meth:`fit`.
+        :param verbose: Show progress bars.
+        :param checkpoint_path: See :meth:`fit`.
+        :param resume: See :meth:`fit`.
+        :return: The history: one dict per epoch.
+        """
+        if kwargs:
+            raise TypeError(f"Unexpected keyword arguments for fit_generator: {sorted(kwargs)}.")
+        if not isinstance(generator, DataGenerator):
+            raise TypeError(f"`generator` must be an ART DataGenerator, got {type(generator).__name__}.")
+        nb_epochs = check_int("nb_epochs", nb_epochs)
+        if generator.size is None or generator.batch_size is None:
+            raise ValueError("The DataGenerator must know its `size` and `batch_size`.")
+        val = None
+        if validation_data is not None:
+            val = self._to_device(*self._check(*validation_data, name="validation_data[0]"))
+        self._seed_everything()
+        nb_batches = math.ceil(generator.size / generator.batch_size)
+
+        def epoch_batches(epoch: int) -> tuple[int, Iterator[Batch]]:
+            def gen() -> Iterator[Batch]:
+                for _ in range(nb_batches):
+                    x_b, y_b = self._to_device(*self._check(*generator.get_batch()))
+                    yield {"x": x_b, "y": y_b}
+
+            return nb_batches, gen()
+
+        return self._loop(epoch_batches, nb_epochs, scheduler, callbacks, verbose, val, checkpoint_path, resume)
+
+    # ------------------------------------------------------------------ the loop
+
+    def _check_fit_params(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> None:
+        """Method-specific checks of the training data, before any work (override to add)."""
+
+    def _seed_everything(self) -> None:
+        self._shuffle_generator = torch.Generator()
+        if self.seed is None:
+            self._shuffle_generator.seed()
+            return
+        torch.manual_seed(self.seed)
+        np.random.seed(self.seed)  # ART's attacks draw their random initialisations from numpy
+        self._shuffle_generator.manual_seed(self.seed)
+
+    def _loop(
+        self,
+        epoch_batches: Callable[[int], tuple[int, Iterator[Batch]]],
+        nb_epochs: int,
+        scheduler: Any,
+        callbacks: Sequence[Callback] | None,
+        verbose: bool,
+        val: tuple[torch.Tensor, torch.Tensor] | None,
+        checkpoint_path: str | os.PathLike | None,
+        resume: bool,
+    ) -> list[dict[str, float]]:
+        model = self._classifier.model
+        optimizer = self._classifier.optimizer
+        callbacks = list(callbacks or [])
+        for callback in callbacks:
+            if not callable(callback):
+                raise TypeError(f"Every callback must be callable, got {type(callback).__name__}.")
+        start_epoch = 0
+        self.history = []
+        if resume and checkpoint_path is not None and Path(checkpoint_path).exists():
+            start_epoch = self._load_checkpoint(Path(checkpoint_path), scheduler)
+            logger.info("Resumed from %s after epoch %d.", checkpoint_path, start_epoch)
+        self._stop = False
+        with preserve_mode(model):
+            epochs = tqdm(range(start_epoch, nb_epochs), desc=type(self).__name__, disable=not verbose, unit="epoch")
+            for epoch in epochs:
+                started = time.perf_counter()
+                model.train()
+                nb_batches, batches = epoch_batches(epoch)
+                sums: dict[str, torch.Tensor] = {}
+                count = 0
+                bar = tqdm(batches, total=nb_batches, desc=f"epoch {epoch + 1}", leave=False, disable=not verbose)
+                for step, batch in enumerate(bar):
+                    optimizer.zero_grad(set_to_none=True)
+                    loss, logits, logs = self.training_step(batch)
+                    loss.backward()
+                    optimizer.step()
+                    n = len(batch["y"])
+                    count += n
+                    with torch.no_grad():
+                        metrics = {"loss": loss.detach() * n, "accuracy": (logits.argmax(1) == batch["y"]).sum()}
+                        metrics.update({k: v.detach() * n for k, v in logs.items()})
+                        for key, value in metrics.items():
+                            sums[key] = sums[key] + value if key in sums else value.float()
+                    if verbose and (step + 1) % self.log_every == 0:
+                        bar.set_postfix({k: f"{v.item() / count:.4f}" for k, v in sums.items()})
+                if count == 0:
+                    raise ValueError(f"Epoch {epoch + 1} had no training batch.")
+                record: dict[str, float] = {"epoch": epoch + 1}
+                record.update({k: v.item() / count for k, v in sums.items()})
+                if not math.isfinite(record["loss"]):
+                    raise FloatingPointError(
+                        f"The training loss of epoch {epoch + 1} is {record['loss']}: training diverged "
+                        "(lower the learning rate or the regularization weight). The last checkpoint is kept."
+                    )
+                record["lr"] = float(optimizer.param_groups[0]["lr"])
+                if val is not None:
+                    record.update(self.evaluate(*val))
+                record["time_s"] = time.perf_counter() - started
+                if scheduler is not None:
+                    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                        scheduler.step(record.get("val_loss", record["loss"]))
+                    else:
+                        scheduler.step()
+                self.history.append(record)
+                epochs.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k not in ("epoch", "lr", "time_s")})
+                logger.info("epoch %d: %s", epoch + 1, record)
+                if checkpoint_path is not None:
+                    self._save_checkpoint(Path(checkpoint_path), epoch + 1, scheduler)
+                for callback in callbacks:
+                    if callback(self, epoch, record) is True:
+                        self._stop = True
+                if self._stop:
+                    logger.info("Stopped by a callback after epoch %d.", epoch + 1)
+                    break
+        return self.history
+
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> dict[str, float]:
+        """
+        Clean (and, with a ``validation_attack``, robust) accuracy and loss on tensors, in eval mode.
+
+        :param x: Inputs on the device.
+        :param y: Class indices on the device.
+        :param batch_size: Evaluation batch size.
+        :return: ``{"val_loss", "val_accuracy"[, "val_robust_accuracy"]}``.
+        """
+        model = self._classifier.model
+        correct = torch.zeros((), device=self.device)
+        robust = torch.zeros((), device=self.device)
+        loss = torch.zeros((), device=self.device)
+        with preserve_mode(model):
+            model.eval()
+            for begin in range(0, len(y), batch_size):
+                xb, yb = x[begin : begin + batch_size], y[begin : begin + batch_size]
+                with torch.no_grad():
+                    logits = model(self._preprocess(xb))
+                    loss += self._classifier._loss(logits, yb) * len(yb)
+                    correct += (logits.argmax(1) == yb).sum()
+                if self.validation_attack is not None:
+                    x_adv = self.validation_attack.generate(xb, yb)
+                    with torch.no_grad():
+                        robust += (model(self._preprocess(x_adv)).argmax(1) == yb).sum()
+        result = {"val_loss": loss.item() / len(y), "val_accuracy": correct.item() / len(y)}
+        if self.validation_attack is not None:
+            result["val_robust_accuracy"] = robust.item() / len(y)
+        return result
+
+    def stop_training(self) -> None:
+        """Ask ``fit`` to stop after the current epoch (for callbacks)."""
+        self._stop = True
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _save_checkpoint(self, path: Path, epoch: int, scheduler: Any) -> None:
+        state = {
+            "epoch": epoch,
+            "model": self._classifier.model.state_dict(),
+            "optimizer": self._classifier.optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if hasattr(scheduler, "state_dict") else None,
+            "history": self.history,
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": np.random.get_state(),
+            "shuffle_rng": self._shuffle_generator.get_state(),
+            "method": self.state_dict(),
+            "trainer": type(self).__name__,
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)  # atomic: a crash mid-write never corrupts the previous checkpoint
+
+    def _load_checkpoint(self, path: Path, scheduler: Any) -> int:
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        if state.get("trainer") != type(self).__name__:
+            raise ValueError(f"Checkpoint {path} was written by {state.get('trainer')}, not {type(self).__name__}.")
+        self._classifier.model.load_state_dict(state["model"])
+        self._classifier.optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state["scheduler"] is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        self.history = list(state["history"])
+        torch.set_rng_state(state["torch_rng"])
+        np.random.set_state(state["numpy_rng"])
+        self._shuffle_generator.set_state(state["shuffle_rng"])
+        self.load_state_dict(state["method"])
+        return int(state["epoch"])

@@ -1,0 +1,200 @@
+"""
+:class:`HLDRTrainer`: hidden-layer latent disparity regularization (Schwartz & Ditzler, IJCNN 2021).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from art_latent.estimator import LatentClassifier
+from art_latent.layers import LayerSpec
+from art_latent.perturbations import GaussianNoiseSource, PerturbationSource, as_perturbation_source
+from art_latent.regularizers import NORMALIZATIONS, latent_disparity
+from art_latent.trainers.base import Batch, LatentTrainer
+from art_latent.validation import check_choice, check_int, check_range
+
+logger = logging.getLogger(__name__)
+
+REGENERATE = ("never", "epoch", "batch")
+
+
+class HLDRTrainer(LatentTrainer):
+    r"""
+    Fine-tune a classifier with the hidden-layer latent disparity regularizer (HLDR):
+
+    .. math::
+        L = (1 - \xi)\,\mathrm{CE}(f(x), y) + \xi\,
+            \frac{\sum_l |s_l(x) - s_l(x_a)|}{\sum_l |s_l(x)|}
+
+    over pairs :math:`(x, x_a)` with :math:`x_a = x + \eta_\epsilon` for every budget :math:`\epsilon` in `budgets`
+    (the paper's fine-tuning set :math:`\mathbb{D}`), plus Gaussian-noise pairs :math:`(x, \mathrm{clip}(x + n))`
+    with `noise_sigma` (the set :math:`\mathbb{D}_\mathcal{N}`). :math:`s_l` are the activations of the classifier's
+    latent layers (by default the post-activation output of every hidden conv/dense block).
+
+    Both members of a pair go through the network in **one** forward pass (concatenated batch), so they share
+    the BatchNorm layers *and* their batch statistics, as at test time when both meet the same running statistics.
+    (The authors' Keras code gave the adversarial branch a second, never-trained BatchNorm; that is not copied.)
+    The cross-entropy is computed on the benign inputs only, as in the authors' code.
+
+    With ``regenerate="never"`` (the paper) the adversarial examples are generated once, on the starting model, at
+    the start of ``fit``; ``"epoch"`` regenerates them on the current model before every epoch, ``"batch"`` for
+    every batch (then ``batch_size`` counts benign samples, each expanded to its ``len(budgets)`` (+1) pairs; this is
+    also what ``fit_generator`` does).
+
+    | Paper link: https://doi.org/10.1109/IJCNN52387.2021.9533551 (arXiv: https://arxiv.org/abs/2110.05419)
+    """
+
+    def __init__(
+        self,
+        classifier: LatentClassifier,
+        attack: Any,
+        xi: float = 0.25,
+        budgets: Sequence[float] | None = (0.0, 16 / 255, 32 / 255),
+        layers: LayerSpec | None = None,
+        regenerate: str = "never",
+        noise_sigma: float | None = None,
+        normalization: str = "batch",
+        p: int = 1,
+        fast_attack: bool = True,
+        generation_batch_size: int = 512,
+        validation_attack: Any = "attack",
+        seed: int | None = None,
+        log_every: int = 20,
+    ) -> None:
+        """
+        :param classifier: The classifier to fine-tune (its optimizer is used; the paper uses ``torch.optim.NAdam``).
+        :param attack: The attack making :math:`x_a`: any ART evasion attack on `classifier` (FGSM in the paper)
+                       or a :class:`~art_latent.perturbations.PerturbationSource`. ART's FGSM/BIM/PGD run on the
+                       on-device torch path when `fast_attack` (same output as ART's ``generate``).
+        :param xi: Regularization weight :math:`\\xi \\in [0, 1]` (0.25 in the paper).
+        :param budgets: Attack budgets :math:`\\epsilon \\ge 0`; each sample gets one pair per budget; 0 gives the
+                        benign pair :math:`(x, x)`. ``None``: the attack's own ``eps`` only. For an iterative attack
+                        the step size is scaled with the budget (same ``eps_step/eps`` ratio).
+        :param layers: Latent layers to regularize (names, patterns, types); default: the classifier's
+                       ``latent_layers``.
+        :param regenerate: ``"never"`` (precompute on the starting model, the paper), ``"epoch"`` or ``"batch"``.
+        :param noise_sigma: Standard deviation of the extra Gaussian-noise pairs (the paper's :math:`\\mathbb{D}_
+                            \\mathcal{N}` uses 32/255); ``None`` adds none.
+        :param normalization: ``"batch"`` (the paper: one ratio over batch and layers), ``"layer"`` or ``"sample"``;
+                              see :func:`art_latent.regularizers.latent_disparity`.
+        :param p: 1 (L1, the paper) or 2 (L2).
+        :param fast_attack: Use the on-device torch path for ART's FGSM/BIM/PGD.
+        :param generation_batch_size: Batch size when precomputing the pairs.
+        :param validation_attack: Attack for the robust validation accuracy: ``"attack"`` (default) uses `attack`
+                                  at its own budget, ``None`` disables it, or an ART attack / perturbation source.
+        :param seed: See :class:`~art_latent.trainers.LatentTrainer`.
+        :param log_every: See :class:`~art_latent.trainers.LatentTrainer`.
+        """
+        use_attack = isinstance(validation_attack, str) and validation_attack == "attack"
+        super().__init__(classifier, validation_attack=None if use_attack else validation_attack, seed=seed,
+                         log_every=log_every)
+        source = as_perturbation_source(attack, fast=fast_attack)
+        if use_attack:
+            self.validation_attack = source
+        self.attack: PerturbationSource = source
+        self.xi = check_range("xi", xi, 0.0, 1.0)
+        if budgets is None:
+            if source.eps is None:
+                raise ValueError("`budgets=None` uses the attack's own eps, but this attack has none; give budgets.")
+            budgets = (source.eps,)
+        budgets = tuple(budgets)
+        if not budgets:
+            raise ValueError("`budgets` is empty: give at least one budget (0 gives benign pairs).")
+        self.budgets = tuple(check_range("budgets", b, 0.0, float("inf"), high_open=True) for b in budgets)
+        if any(b > 0 for b in self.budgets) and source.eps is None:
+            raise ValueError(
+                f"The attack {type(attack).__name__} has no `eps` to set per budget; use budgets=None or an attack "
+                "with an eps (FGSM, PGD, BIM, ...)."
+            )
+        self.layers = self._classifier.latent_layers if layers is None else self._classifier._module_names(layers)
+        self.regenerate = check_choice("regenerate", regenerate, REGENERATE)
+        self.noise: GaussianNoiseSource | None = None
+        if noise_sigma is not None:
+            sigma = check_range("noise_sigma", noise_sigma, 0.0, float("inf"), low_open=True, high_open=True)
+            self.noise = GaussianNoiseSource(sigma=sigma, clip_values=self._classifier.clip_values)
+        self.normalization = check_choice("normalization", normalization, NORMALIZATIONS)
+        self.p = check_choice("p", p, (1, 2))
+        self.generation_batch_size = check_int("generation_batch_size", generation_batch_size)
+        self._base: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._fresh = False
+        self._restored: Batch | None = None
+        self._current: Batch | None = None
+
+    # ------------------------------------------------------------------ pairs
+
+    def make_pairs(self, x: torch.Tensor, y: torch.Tensor) -> Batch:
+        """
+        Build the fine-tuning pairs of `x`: one per budget (and one noise pair with ``noise_sigma``).
+
+        :param x: Benign inputs on the device.
+        :param y: Class indices.
+        :return: ``{"x", "x_pair", "y", "eps"}``, ``len(budgets)`` (+1) times as long as `x`, grouped by budget;
+                 ``eps`` is the pair's budget (``-1`` for a noise pair).
+        """
+        n = len(x)
+        budgets = torch.tensor(self.budgets, dtype=x.dtype, device=x.device)
+        eps = budgets.repeat_interleave(n)
+        x_rep = x.repeat(len(self.budgets), *([1] * (x.ndim - 1)))
+        y_rep = y.repeat(len(self.budgets))
+        pairs = []
+        for begin in range(0, len(x_rep), self.generation_batch_size):
+            end = begin + self.generation_batch_size
+            pairs.append(self.attack.generate(x_rep[begin:end], y_rep[begin:end], eps=eps[begin:end]))
+        x_pair = torch.cat(pairs)
+        if self.noise is not None:
+            x_rep = torch.cat([x_rep, x])
+            y_rep = torch.cat([y_rep, y])
+            x_pair = torch.cat([x_pair, self.noise.generate(x, y)])
+            eps = torch.cat([eps, torch.full((n,), -1.0, dtype=eps.dtype, device=eps.device)])
+        return {"x": x_rep, "x_pair": x_pair.detach(), "y": y_rep, "eps": eps}
+
+    def prepare_data(self, x: torch.Tensor, y: torch.Tensor) -> Batch:
+        self._base = (x, y)
+        if self.regenerate == "batch":
+            return {"x": x, "y": y}
+        if self._restored is not None:
+            data, self._restored = self._restored, None
+            return {k: v.to(self.device) for k, v in data.items()}
+        self._fresh = True
+        logger.info("Generating the HLDR pairs of %d samples x %d budgets.", len(x), len(self.budgets))
+        return self.make_pairs(x, y)
+
+    def on_epoch_start(self, epoch: int, data: Batch) -> Batch:
+        if self.regenerate == "epoch" and not self._fresh and self._base is not None:
+            data = self.make_pairs(*self._base)
+        self._fresh = False
+        self._current = data
+        return data
+
+    # ------------------------------------------------------------------ step
+
+    def training_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        nb_benign = len(batch["x"])
+        if "x_pair" not in batch:
+            batch = self.make_pairs(batch["x"], batch["y"])  # rows [:nb_benign] are the first budget's copy of x
+        x, x_pair, y = batch["x"], batch["x_pair"], batch["y"]
+        n = len(x)
+        logits_all, acts = self._classifier.forward_with_latents(torch.cat([x, x_pair]), self.layers)
+        logits = logits_all[:n]
+        ce = self._classifier._loss(logits, y)
+        clean = [a[:n] for a in acts.values()]
+        perturbed = [a[n:] for a in acts.values()]
+        disparity = latent_disparity(clean, perturbed, self.normalization, self.p)
+        loss = (1.0 - self.xi) * ce + self.xi * disparity
+        return loss, logits[:nb_benign], {"ce": ce.detach(), "regularizer": disparity.detach()}
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        # Precomputed pairs were made on the *starting* model: a resumed run must reuse them, not remake them.
+        if self.regenerate == "never" and self._current is not None:
+            return {"pairs": {k: v.detach().cpu() for k, v in self._current.items()}}
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "pairs" in state:
+            self._restored = state["pairs"]
