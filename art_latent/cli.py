@@ -50,13 +50,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING))
     if args.command == "demo":
-        from art_latent.demo import run_demo
+        from art_latent.demo import format_table, run_demo
 
-        run_demo(
+        results = run_demo(
             out=args.out, model=args.model, width=args.width, pretrain_epochs=args.pretrain_epochs,
             finetune_epochs=args.finetune_epochs, batch_size=args.batch_size, xi=args.xi, dataset=args.dataset,
             data_path=args.data_path, device=args.device, seed=args.seed, verbose=not args.quiet,
         )
+        print()
+        print(format_table(results))
+        print(f"\nWrote {', '.join(results['files'])} in {results['seconds']:.0f} s")
     return 0
 
 

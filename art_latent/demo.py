@@ -54,13 +54,15 @@ def run_demo(
     The training split is halved (stratified): the first half pre-trains the model (plain cross-entropy), the second
     half fine-tunes two copies of the pre-trained weights, one undefended (cross-entropy) and one with HLDR (pairs
     at budgets 0, 16/255, 32/255 made by FGSM on the pre-trained model, xi = 0.25), as in paper 000's protocol.
+    The undefended copy runs ``3 * finetune_epochs`` epochs so that both take the same number of optimizer steps
+    (HLDR's set has three pairs per image).
     Both are evaluated on the test split against ART's ``FastGradientMethod`` at every budget.
 
     :param out: Output directory.
     :param model: ``vgg16``, ``vgg11`` or ``small_cnn``.
     :param width: Width multiplier of the VGG.
     :param pretrain_epochs: Epochs of pre-training.
-    :param finetune_epochs: Epochs of fine-tuning for each copy.
+    :param finetune_epochs: Epochs of HLDR fine-tuning (the undefended copy runs three times as many).
     :param batch_size: Batch size.
     :param xi: HLDR's regularization weight.
     :param eps_list_255: FGSM budgets for evaluation, in units of 1/255.
@@ -68,7 +70,7 @@ def run_demo(
     :param data_path: Directory of the dataset files (not for ``bundled``).
     :param device: ``"gpu"`` (CUDA when available) or ``"cpu"``.
     :param seed: Seed for the split, the initial weights, shuffling and attacks.
-    :param verbose: Progress bars and the printed table.
+    :param verbose: Progress bars and progress messages.
     :return: The results (also written to ``results.json``).
     """
     import torch
@@ -101,10 +103,13 @@ def run_demo(
     pretrained = {k: v.detach().clone() for k, v in base.state_dict().items()}
 
     eps_list = [e / 255 for e in eps_list_255]
+    budgets = (0.0, 16 / 255, 32 / 255)
     results: dict[str, Any] = {
         "dataset": dataset, "model": model, "width": width, "seed": seed, "pretrain_samples": len(x_pre),
         "finetune_samples": len(x_ft), "test_samples": len(data.x_test), "pretrain_epochs": pretrain_epochs,
-        "finetune_epochs": finetune_epochs, "batch_size": batch_size, "xi": xi, "eps_255": list(eps_list_255),
+        "finetune_epochs_hldr": finetune_epochs, "finetune_epochs_undefended": finetune_epochs * len(budgets),
+        "budgets_255": [round(b * 255, 6) for b in budgets], "batch_size": batch_size, "xi": xi,
+        "eps_255": list(eps_list_255),
         "attack": "art.attacks.evasion.FastGradientMethod (Linf, true labels)", "defenses": {},
     }
     for name in ("undefended", "HLDR"):
@@ -114,13 +119,15 @@ def run_demo(
         clf = _make_classifier(net, data.input_shape, data.nb_classes, 1e-3, device)
         if name == "undefended":
             trainer: LatentTrainer = LatentTrainer(clf, seed=seed)
+            epochs = finetune_epochs * len(budgets)  # as many optimizer steps as HLDR, which sees len(budgets) pairs
         else:
-            trainer = HLDRTrainer(clf, FastGradientMethod(clf, eps=16 / 255, batch_size=256), xi=xi, seed=seed,
-                                  validation_attack=None)
+            trainer = HLDRTrainer(clf, FastGradientMethod(clf, eps=16 / 255, batch_size=256), xi=xi, budgets=budgets,
+                                  seed=seed, validation_attack=None)
+            epochs = finetune_epochs
         if verbose:
-            print(f"Fine-tuning the {name} copy on {len(x_ft)} images for {finetune_epochs} epochs")
+            print(f"Fine-tuning the {name} copy on {len(x_ft)} images for {epochs} epochs")
         fit_started = time.perf_counter()
-        history = trainer.fit(x_ft, y_ft, batch_size=batch_size, nb_epochs=finetune_epochs, verbose=verbose)
+        history = trainer.fit(x_ft, y_ft, batch_size=batch_size, nb_epochs=epochs, verbose=verbose)
         fit_seconds = time.perf_counter() - fit_started
         curve = accuracy_vs_eps(
             clf, data.x_test, data.y_test, lambda c, e: FastGradientMethod(c, eps=e, batch_size=256), eps_list,
@@ -133,10 +140,7 @@ def run_demo(
     table = format_table(results)
     (out / "results.md").write_text(table + "\n")
     plot_path = _plot(results, out / "accuracy_vs_eps.png")
-    if verbose:
-        print()
-        print(table)
-        print(f"\nWrote {out / 'results.json'}, {out / 'results.md'} and {plot_path} in {results['seconds']:.0f} s")
+    results["files"] = [str(out / "results.json"), str(out / "results.md"), str(plot_path)]
     return results
 
 
