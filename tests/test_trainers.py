@@ -247,3 +247,13 @@ def test_divergence_is_reported(tiny_classifier, tiny_data):
     )
     with pytest.raises(FloatingPointError, match="diverged"):
         trainer.fit(*tiny_data, nb_epochs=1, verbose=False)
+
+
+@pytest.mark.parametrize("normalization", ["batch", "layer", "sample"])
+def test_bf16_autocast_stays_finite(tiny_classifier, tiny_data, normalization):
+    trainer = HLDRTrainer(tiny_classifier, FastGradientMethod(tiny_classifier, eps=0.1), amp="bf16",
+                          normalization=normalization, p=2, seed=0)
+    history = trainer.fit(*tiny_data, nb_epochs=1, batch_size=32, verbose=False)
+    assert np.isfinite(history[-1]["loss"]) and np.isfinite(history[-1]["regularizer"])
+    with pytest.raises(ValueError, match="`amp`"):
+        LatentTrainer(tiny_classifier, amp="fp8")

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -49,6 +50,7 @@ class LatentTrainer(Trainer):
         validation_attack: Any = None,
         seed: int | None = None,
         log_every: int = 20,
+        amp: bool | str = False,
     ) -> None:
         """
         :param classifier: The classifier to train; a plain ART ``PyTorchClassifier`` is wrapped in a
@@ -58,6 +60,8 @@ class LatentTrainer(Trainer):
         :param seed: Seeds torch, numpy (ART's random initialisations) and the shuffling, for reproducible runs.
         :param log_every: Refresh the progress bar's postfix every this many batches (each refresh reads the
                           running metrics from the device once).
+        :param amp: Mixed precision with ``torch.autocast``: ``False`` (default), ``"bf16"``, ``"fp16"`` (with a
+                    ``GradScaler``; meant for CUDA) or ``True`` (fp16 on CUDA, bf16 on CPU).
         """
         if not isinstance(classifier, PyTorchClassifier):
             raise TypeError(
@@ -80,6 +84,18 @@ class LatentTrainer(Trainer):
         self.log_every = check_int("log_every", log_every)
         self.history: list[dict[str, float]] = []
         self._stop = False
+        self.amp = amp
+        self._amp_dtype = self._resolve_amp(amp)
+
+    def _resolve_amp(self, amp: bool | str) -> torch.dtype | None:
+        if amp is False or amp is None:
+            return None
+        if amp is True:
+            return torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+        if amp not in dtypes:
+            raise ValueError(f"`amp` must be False, True, 'bf16' or 'fp16', got {amp!r}.")
+        return dtypes[amp]
 
     # ------------------------------------------------------------------ hooks for methods
 
@@ -125,6 +141,50 @@ class LatentTrainer(Trainer):
         logits = self._classifier.model(self._preprocess(batch["x"]))
         loss = self._classifier._loss(logits, batch["y"])
         return loss, logits, {}
+
+    def optimization_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """
+        One optimizer update: zero the gradients, :meth:`training_step` under autocast (with ``amp``), backward
+        (loss-scaled for fp16), step. Methods with several optimizers (e.g. a discriminator) override this.
+
+        :param batch: The batch.
+        :return: What :meth:`training_step` returned.
+        """
+        optimizer = self._classifier.optimizer
+        optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            loss, logits, logs = self.training_step(batch)
+        self.backward_and_step(loss, optimizer)
+        return loss, logits, logs
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """``torch.autocast`` with the trainer's ``amp`` dtype, or a no-op context without ``amp``."""
+        if self._amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self._amp_dtype)
+
+    def backward_and_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """
+        Back-propagate `loss` and step `optimizer`, through the fp16 ``GradScaler`` when there is one.
+
+        :param loss: The scalar loss.
+        :param optimizer: The optimizer to step.
+        """
+        scaler = getattr(self, "_scaler", None)
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+
+    def fit_context(self) -> contextlib.AbstractContextManager:
+        """
+        A context manager entered around the whole training loop (after validation, before the first epoch) and
+        always exited, also on exceptions: methods register hooks or freeze layers here. Default: nothing.
+        """
+        return contextlib.nullcontext()
 
     def state_dict(self) -> dict[str, Any]:
         """Extra state of the method to checkpoint (besides model, optimizer, history and RNG states)."""
@@ -297,6 +357,7 @@ class LatentTrainer(Trainer):
     ) -> list[dict[str, float]]:
         model = self._classifier.model
         optimizer = self._classifier.optimizer
+        self._scaler = torch.amp.GradScaler(self.device.type) if self._amp_dtype == torch.float16 else None
         callbacks = list(callbacks or [])
         for callback in callbacks:
             if not callable(callback):
@@ -307,7 +368,7 @@ class LatentTrainer(Trainer):
             start_epoch = self._load_checkpoint(Path(checkpoint_path), scheduler)
             logger.info("Resumed from %s after epoch %d.", checkpoint_path, start_epoch)
         self._stop = False
-        with preserve_mode(model):
+        with preserve_mode(model), self.fit_context():
             epochs = tqdm(range(start_epoch, nb_epochs), desc=type(self).__name__, disable=not verbose, unit="epoch")
             for epoch in epochs:
                 started = time.perf_counter()
@@ -317,10 +378,7 @@ class LatentTrainer(Trainer):
                 count = 0
                 bar = tqdm(batches, total=nb_batches, desc=f"epoch {epoch + 1}", leave=False, disable=not verbose)
                 for step, batch in enumerate(bar):
-                    optimizer.zero_grad(set_to_none=True)
-                    loss, logits, logs = self.training_step(batch)
-                    loss.backward()
-                    optimizer.step()
+                    loss, logits, logs = self.optimization_step(batch)
                     n = len(batch["y"])
                     count += n
                     with torch.no_grad():

@@ -62,8 +62,7 @@ class HLDRTrainer(LatentTrainer):
         fast_attack: bool = True,
         generation_batch_size: int = 512,
         validation_attack: Any = "attack",
-        seed: int | None = None,
-        log_every: int = 20,
+        **trainer_kwargs: Any,
     ) -> None:
         """
         :param classifier: The classifier to fine-tune (its optimizer is used; the paper uses ``torch.optim.NAdam``).
@@ -86,12 +85,10 @@ class HLDRTrainer(LatentTrainer):
         :param generation_batch_size: Batch size when precomputing the pairs.
         :param validation_attack: Attack for the robust validation accuracy: ``"attack"`` (default) uses `attack`
                                   at its own budget, ``None`` disables it, or an ART attack / perturbation source.
-        :param seed: See :class:`~art_latent.trainers.LatentTrainer`.
-        :param log_every: See :class:`~art_latent.trainers.LatentTrainer`.
+        :param trainer_kwargs: ``seed``, ``log_every``, ``amp``: see :class:`~art_latent.trainers.LatentTrainer`.
         """
         use_attack = isinstance(validation_attack, str) and validation_attack == "attack"
-        super().__init__(classifier, validation_attack=None if use_attack else validation_attack, seed=seed,
-                         log_every=log_every)
+        super().__init__(classifier, validation_attack=None if use_attack else validation_attack, **trainer_kwargs)
         source = as_perturbation_source(attack, fast=fast_attack)
         if use_attack:
             self.validation_attack = source

@@ -1,5 +1,5 @@
 """
-Regularizers as pure functions of tensors: testable alone, reusable across trainers.
+HLDR's latent disparity (paper 000, eq. 3).
 """
 
 from __future__ import annotations
