@@ -1,0 +1,28 @@
+"""The benchmark script runs end to end (tiny settings; the speed targets are checked by the script, not here)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
+
+
+@pytest.mark.slow
+def test_benchmark_script_runs(tmp_path):
+    spec = importlib.util.spec_from_file_location("benchmark_run", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    out = tmp_path / "bench.json"
+    args = ["--model", "small_cnn", "--batch-size", "8", "--steps", "1", "--repeats", "1", "--warmup", "1",
+            "--methods", "plain", "hldr_precomputed", "--no-memory", "--json", str(out)]
+    assert module.main(args) == 0
+    report = json.loads(out.read_text())
+    assert set(report["methods"]) == {"plain", "hldr_precomputed"}
+    assert report["ratios"]["plain"] == 1.0 and report["ratios"]["hldr_precomputed"] > 1.0
+    assert report["attacks"]["fgsm"]["max_abs_diff"] <= 1e-5
