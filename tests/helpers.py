@@ -55,3 +55,51 @@ def make_classifier(model: nn.Module | None = None, lr: float = 0.05, **kwargs) 
         model, nn.CrossEntropyLoss(), (1, 8, 8), 3, optimizer=torch.optim.SGD(model.parameters(), lr=lr),
         device_type="cpu", **kwargs
     )
+
+
+class NoBatchNormNet(nn.Module):
+    """Conv-ELU-pool-linear on 1x8x8 inputs, no BatchNorm: per-sample losses are independent of the batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.act = nn.ELU()
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(64, 8)
+        self.fc_act = nn.ELU()
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.act(self.conv(x)))
+        return self.head(self.fc_act(self.fc(x.flatten(1))))
+
+
+def hldr_weights_after_training(x, y, batch_size: int, checkpoint: str | None = None, distributed: bool = False):
+    """Train NoBatchNormNet with HLDR (sample normalization, FGSM pairs) for two epochs; return weights and history."""
+    from art.attacks.evasion import FastGradientMethod
+
+    from art_latent import HLDRTrainer
+
+    torch.manual_seed(0)
+    clf = make_classifier(NoBatchNormNet(), lr=0.1)
+    trainer = HLDRTrainer(clf, FastGradientMethod(clf, eps=0.1), budgets=(0.0, 0.1), normalization="sample", seed=0,
+                          distributed=distributed, validation_attack=None)
+    history = trainer.fit(x, y, nb_epochs=2, batch_size=batch_size, checkpoint_path=checkpoint, verbose=False)
+    return {k: v.detach().clone() for k, v in clf.model.state_dict().items()}, history
+
+
+def ddp_worker(rank: int, world_size: int, port: int, x, y, out_dir: str) -> None:
+    """One process of a gloo data-parallel run; writes its final weights and history to `out_dir`."""
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        weights, history = hldr_weights_after_training(x, y, batch_size=8, checkpoint=f"{out_dir}/ckpt.pt",
+                                                       distributed=True)
+        torch.save({"weights": weights, "history": history}, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()

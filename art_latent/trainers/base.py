@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from art_latent.estimator import LatentClassifier
 from art_latent.perturbations import PerturbationSource, as_perturbation_source
+from art_latent.trainers.distributed import DistributedContext, convert_sync_batchnorm
 from art_latent.utils import preserve_mode
 from art_latent.validation import check_data, check_int
 
@@ -51,6 +52,8 @@ class LatentTrainer(Trainer):
         seed: int | None = None,
         log_every: int = 20,
         amp: bool | str = False,
+        distributed: bool | str = "auto",
+        sync_batchnorm: bool = False,
     ) -> None:
         """
         :param classifier: The classifier to train; a plain ART ``PyTorchClassifier`` is wrapped in a
@@ -62,6 +65,12 @@ class LatentTrainer(Trainer):
                           running metrics from the device once).
         :param amp: Mixed precision with ``torch.autocast``: ``False`` (default), ``"bf16"``, ``"fp16"`` (with a
                     ``GradScaler``; meant for CUDA) or ``True`` (fp16 on CUDA, bf16 on CPU).
+        :param distributed: Data-parallel training across processes: ``"auto"`` (default: when started by
+                            ``torchrun`` or inside an initialised process group of several processes), ``True``
+                            (required) or ``False``. See :mod:`art_latent.trainers.distributed`.
+        :param sync_batchnorm: Under data-parallel training, convert BatchNorm layers to ``SyncBatchNorm`` so batch
+                               statistics span all processes (CUDA only). Without it each process normalises with its
+                               own batch statistics and running statistics are averaged after every epoch.
         """
         if not isinstance(classifier, PyTorchClassifier):
             raise TypeError(
@@ -86,6 +95,13 @@ class LatentTrainer(Trainer):
         self._stop = False
         self.amp = amp
         self._amp_dtype = self._resolve_amp(amp)
+        if distributed not in (True, False, "auto"):
+            raise ValueError(f"`distributed` must be 'auto', True or False, got {distributed!r}.")
+        self.distributed = distributed
+        self.sync_batchnorm = bool(sync_batchnorm)
+        self._dist: DistributedContext | None = None
+        self._global_batch_size = 0
+        self._local_batch_size = 0
 
     def _resolve_amp(self, amp: bool | str) -> torch.dtype | None:
         if amp is False or amp is None:
@@ -171,13 +187,28 @@ class LatentTrainer(Trainer):
         :param optimizer: The optimizer to step.
         """
         scaler = getattr(self, "_scaler", None)
+        (loss if scaler is None else scaler.scale(loss)).backward()
+        self.sync_gradients(optimizer)
         if scaler is None:
-            loss.backward()
             optimizer.step()
         else:
-            scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+
+    def sync_gradients(self, optimizer: torch.optim.Optimizer) -> None:
+        """
+        Under data-parallel training, average the gradients of `optimizer`'s parameters across processes (weighted
+        by the per-process batch sizes); a no-op otherwise. Methods that step an optimizer themselves call this
+        between backward and step (:meth:`backward_and_step` does).
+
+        :param optimizer: The optimizer about to step.
+        """
+        if self._dist is None:
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        local = self._local_batch_size
+        total = self._global_batch_size or local * self._dist.world_size
+        self._dist.average_gradients(params, local, total)
 
     def fit_context(self) -> contextlib.AbstractContextManager:
         """
@@ -274,8 +305,20 @@ class LatentTrainer(Trainer):
                 order = torch.randperm(n, generator=self._shuffle_generator).to(self.device)
             else:
                 order = torch.arange(n, device=self.device)
-            starts = range(0, n, batch_size)
-            return len(starts), ({k: v[order[s : s + batch_size]] for k, v in data.items()} for s in starts)
+            world = 1 if self._dist is None else self._dist.world_size
+            step = batch_size * world  # every process takes its contiguous part of each global batch
+            # A last global batch too small to give every process a sample is dropped under data-parallel training.
+            starts = [s for s in range(0, n, step) if world == 1 or min(step, n - s) >= world]
+
+            def batches() -> Iterator[Batch]:
+                for start in starts:
+                    index = order[start : start + step]
+                    self._global_batch_size = len(index)
+                    if self._dist is not None:
+                        index = self._dist.shard(index)
+                    yield {k: v[index] for k, v in data.items()}
+
+            return len(starts), batches()
 
         return self._loop(epoch_batches, nb_epochs, scheduler, callbacks, verbose, val, checkpoint_path, resume)
 
@@ -357,6 +400,13 @@ class LatentTrainer(Trainer):
     ) -> list[dict[str, float]]:
         model = self._classifier.model
         optimizer = self._classifier.optimizer
+        self._dist = DistributedContext.resolve(self.distributed, self.device)
+        self._global_batch_size = 0
+        if self._dist is not None:
+            if self.sync_batchnorm:
+                convert_sync_batchnorm(model, self.device)
+            self._dist.broadcast_module(model)
+            verbose = verbose and self._dist.is_main
         self._scaler = torch.amp.GradScaler(self.device.type) if self._amp_dtype == torch.float16 else None
         callbacks = list(callbacks or [])
         for callback in callbacks:
@@ -378,8 +428,8 @@ class LatentTrainer(Trainer):
                 count = 0
                 bar = tqdm(batches, total=nb_batches, desc=f"epoch {epoch + 1}", leave=False, disable=not verbose)
                 for step, batch in enumerate(bar):
+                    n = self._local_batch_size = len(batch["y"])
                     loss, logits, logs = self.optimization_step(batch)
-                    n = len(batch["y"])
                     count += n
                     with torch.no_grad():
                         metrics = {"loss": loss.detach() * n, "accuracy": (logits.argmax(1) == batch["y"]).sum()}
@@ -388,6 +438,12 @@ class LatentTrainer(Trainer):
                             sums[key] = sums[key] + value if key in sums else value.float()
                     if verbose and (step + 1) % self.log_every == 0:
                         bar.set_postfix({k: f"{v.item() / count:.4f}" for k, v in sums.items()})
+                if self._dist is not None:
+                    keys = sorted(sums)
+                    totals = self._dist.sum_(torch.stack([sums[k] for k in keys] + [torch.tensor(
+                        float(count), device=self.device)]))
+                    sums, count = dict(zip(keys, totals[:-1], strict=True)), int(totals[-1].item())
+                    self._dist.average_buffers(model)
                 if count == 0:
                     raise ValueError(f"Epoch {epoch + 1} had no training batch.")
                 record: dict[str, float] = {"epoch": epoch + 1}
@@ -410,7 +466,10 @@ class LatentTrainer(Trainer):
                 epochs.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k not in ("epoch", "lr", "time_s")})
                 logger.info("epoch %d: %s", epoch + 1, record)
                 if checkpoint_path is not None:
-                    self._save_checkpoint(Path(checkpoint_path), epoch + 1, scheduler)
+                    if self._dist is None or self._dist.is_main:
+                        self._save_checkpoint(Path(checkpoint_path), epoch + 1, scheduler)
+                    if self._dist is not None:
+                        self._dist.barrier()
                 for callback in callbacks:
                     if callback(self, epoch, record) is True:
                         self._stop = True

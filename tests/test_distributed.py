@@ -1,0 +1,46 @@
+"""Data-parallel training: two gloo processes on CPU reach the weights of one process on the combined batch."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from helpers import ddp_worker, hldr_weights_after_training
+
+from art_latent.trainers.distributed import DistributedContext, convert_sync_batchnorm
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_on_the_combined_batch(tiny_data, tmp_path):
+    x, y = tiny_data
+    reference, ref_history = hldr_weights_after_training(x, y, batch_size=16)
+    mp.spawn(ddp_worker, args=(2, _free_port(), x, y, str(tmp_path)), nprocs=2, join=True)
+    results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    for result in results:
+        for name, value in reference.items():
+            torch.testing.assert_close(result["weights"][name], value, atol=1e-5, rtol=0)
+        # metrics are all-reduced: both ranks log the single-process history
+        assert result["history"][-1]["loss"] == pytest.approx(ref_history[-1]["loss"], rel=1e-5)
+    assert (tmp_path / "ckpt.pt").exists() and torch.load(tmp_path / "ckpt.pt", weights_only=False)["epoch"] == 2
+
+
+def test_single_process_is_not_distributed():
+    assert DistributedContext.resolve("auto", torch.device("cpu")) is None
+    assert DistributedContext.resolve(False, torch.device("cpu")) is None
+    with pytest.raises(RuntimeError, match="torchrun"):
+        DistributedContext.resolve(True, torch.device("cpu"))
+    with pytest.raises(ValueError, match="`distributed`"):
+        DistributedContext.resolve("yes", torch.device("cpu"))
+
+
+def test_sync_batchnorm_needs_cuda():
+    with pytest.raises(ValueError, match="CUDA"):
+        convert_sync_batchnorm(torch.nn.Sequential(torch.nn.BatchNorm2d(3)), torch.device("cpu"))
