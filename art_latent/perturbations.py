@@ -809,3 +809,40 @@ def as_perturbation_source(attack: PerturbationSource | EvasionAttack, fast: boo
     raise TypeError(
         f"Expected a PerturbationSource or an art.attacks.attack.EvasionAttack, got {type(attack).__name__}."
     )
+
+
+def budget_pairs(
+    source: PerturbationSource,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    budgets: tuple[float, ...],
+    noise: PerturbationSource | None = None,
+    batch_size: int = 512,
+) -> dict[str, torch.Tensor]:
+    """
+    Pairs ``(x, x_pert)`` for every budget in `budgets` (and one noise pair per sample with `noise`): the fine-tuning
+    set of paper 000 (HLDR and the feature-guided denoiser train on it).
+
+    :param source: Makes the perturbed inputs; called with per-sample budgets, `batch_size` rows at a time.
+    :param x: Benign inputs on the device.
+    :param y: Class indices.
+    :param budgets: The budgets; 0 gives the benign pair ``(x, x)``.
+    :param noise: Adds ``len(x)`` noise pairs after the budget pairs when given.
+    :param batch_size: Rows per call of the source.
+    :return: ``{"x", "x_pair", "y", "eps"}``, grouped by budget then the noise pairs; ``eps`` is each pair's budget
+             (``-1`` for a noise pair).
+    """
+    n = len(x)
+    eps = torch.tensor(budgets, dtype=x.dtype, device=x.device).repeat_interleave(n)
+    x_rep = x.repeat(len(budgets), *([1] * (x.ndim - 1)))
+    y_rep = y.repeat(len(budgets))
+    pairs = [
+        source.generate(x_rep[begin : begin + batch_size], y_rep[begin : begin + batch_size],
+                        eps=eps[begin : begin + batch_size])
+        for begin in range(0, len(x_rep), batch_size)
+    ]
+    if noise is not None:
+        x_rep, y_rep = torch.cat([x_rep, x]), torch.cat([y_rep, y])
+        pairs.append(noise.generate(x, y))
+        eps = torch.cat([eps, torch.full((n,), -1.0, dtype=eps.dtype, device=eps.device)])
+    return {"x": x_rep, "x_pair": torch.cat(pairs).detach(), "y": y_rep, "eps": eps}

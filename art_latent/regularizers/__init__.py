@@ -4,5 +4,7 @@ feature-guided denoiser's guidance loss; AT-LR's relative error is LSA's measure
 """
 
 from art_latent.regularizers.disparity import NORMALIZATIONS, latent_disparity
+from art_latent.regularizers.fisher import fisher_trace, inverse_probabilities
+from art_latent.regularizers.stability import stability_kl
 
-__all__ = ["NORMALIZATIONS", "latent_disparity"]
+__all__ = ["NORMALIZATIONS", "fisher_trace", "inverse_probabilities", "latent_disparity", "stability_kl"]

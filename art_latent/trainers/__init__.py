@@ -3,6 +3,8 @@ ART ``Trainer`` subclasses: the shared training loop and the latent defenses bui
 """
 
 from art_latent.trainers.base import LatentTrainer
+from art_latent.trainers.fimr import FIMRTrainer
 from art_latent.trainers.hldr import HLDRTrainer
+from art_latent.trainers.noise import GaussianNoiseTrainer, StabilityTrainer
 
-__all__ = ["HLDRTrainer", "LatentTrainer"]
+__all__ = ["FIMRTrainer", "GaussianNoiseTrainer", "HLDRTrainer", "LatentTrainer", "StabilityTrainer"]

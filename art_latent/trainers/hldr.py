@@ -12,7 +12,12 @@ import torch
 
 from art_latent.estimator import LatentClassifier
 from art_latent.layers import LayerSpec
-from art_latent.perturbations import GaussianNoiseSource, PerturbationSource, as_perturbation_source
+from art_latent.perturbations import (
+    GaussianNoiseSource,
+    PerturbationSource,
+    as_perturbation_source,
+    budget_pairs,
+)
 from art_latent.regularizers import NORMALIZATIONS, latent_disparity
 from art_latent.trainers.base import Batch, LatentTrainer
 from art_latent.validation import check_choice, check_int, check_range
@@ -132,22 +137,7 @@ class HLDRTrainer(LatentTrainer):
         :return: ``{"x", "x_pair", "y", "eps"}``, ``len(budgets)`` (+1) times as long as `x`, grouped by budget;
                  ``eps`` is the pair's budget (``-1`` for a noise pair).
         """
-        n = len(x)
-        budgets = torch.tensor(self.budgets, dtype=x.dtype, device=x.device)
-        eps = budgets.repeat_interleave(n)
-        x_rep = x.repeat(len(self.budgets), *([1] * (x.ndim - 1)))
-        y_rep = y.repeat(len(self.budgets))
-        pairs = []
-        for begin in range(0, len(x_rep), self.generation_batch_size):
-            end = begin + self.generation_batch_size
-            pairs.append(self.attack.generate(x_rep[begin:end], y_rep[begin:end], eps=eps[begin:end]))
-        x_pair = torch.cat(pairs)
-        if self.noise is not None:
-            x_rep = torch.cat([x_rep, x])
-            y_rep = torch.cat([y_rep, y])
-            x_pair = torch.cat([x_pair, self.noise.generate(x, y)])
-            eps = torch.cat([eps, torch.full((n,), -1.0, dtype=eps.dtype, device=eps.device)])
-        return {"x": x_rep, "x_pair": x_pair.detach(), "y": y_rep, "eps": eps}
+        return budget_pairs(self.attack, x, y, self.budgets, self.noise, self.generation_batch_size)
 
     def prepare_data(self, x: torch.Tensor, y: torch.Tensor) -> Batch:
         self._base = (x, y)

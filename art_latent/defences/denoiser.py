@@ -1,0 +1,524 @@
+"""
+The feature-guided denoiser (HGD, Liao et al. 2018), a baseline of paper 000: an ART ``PreprocessorPyTorch`` that
+white-box attacks differentiate through, and :class:`DenoiserTrainer`, which trains it with the classifier frozen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from art.defences.preprocessor.preprocessor import PreprocessorPyTorch
+from art.estimators.classification.pytorch import PyTorchClassifier
+from torch import nn
+
+from art_latent.estimator import LatentClassifier
+from art_latent.perturbations import GaussianNoiseSource, PerturbationSource, as_perturbation_source, budget_pairs
+from art_latent.regularizers.disparity import NORMALIZATIONS, latent_disparity
+from art_latent.trainers.base import Batch, LatentTrainer
+from art_latent.utils import preserve_mode
+from art_latent.validation import check_choice, check_int, check_range
+
+logger = logging.getLogger(__name__)
+
+REGENERATE = ("never", "epoch", "batch")
+LAST_CONV = "last_conv"
+LOGITS = "logits"
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> list[nn.Module]:
+    return [
+        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    ]
+
+
+class DenoisingUNet(nn.Module):
+    """
+    A small U-Net that estimates the noise of its input (Liao et al.'s DUNET, scaled down for 28x28/32x32 images).
+
+    Encoder: a block of two ``conv3x3-BN-ReLU`` at full resolution, then `depth` blocks that halve the resolution with
+    a stride-2 convolution (channels ``width * 2**level``). Decoder: per level, upsampling (nearest) to the skip
+    connection's size, concatenation with it, two ``conv3x3-BN-ReLU``. A linear ``1x1`` convolution maps back to the
+    input channels. Any input size works (odd sizes included).
+    """
+
+    def __init__(self, in_channels: int = 1, width: int = 32, depth: int = 2, identity_init: bool = True) -> None:
+        """
+        :param in_channels: Channels of the images (1 for Fashion-MNIST, 3 for CIFAR-10).
+        :param width: Channels of the full-resolution level; level ``l`` has ``width * 2**l``.
+        :param depth: Number of down-/up-sampling levels (>= 1).
+        :param identity_init: Zero the output convolution, so the untrained denoiser is the identity
+                              (:math:`D(x) = 0`) and fine-tuning starts from the undefended classifier.
+        """
+        super().__init__()
+        self.in_channels = check_int("in_channels", in_channels)
+        self.width = check_int("width", width)
+        self.depth = check_int("depth", depth)
+        channels = [self.width * 2**level for level in range(self.depth + 1)]
+        self.encoder = nn.ModuleList([nn.Sequential(*_conv_bn_relu(self.in_channels, channels[0]),
+                                                    *_conv_bn_relu(channels[0], channels[0]))])
+        for level in range(1, self.depth + 1):
+            self.encoder.append(nn.Sequential(*_conv_bn_relu(channels[level - 1], channels[level], stride=2),
+                                              *_conv_bn_relu(channels[level], channels[level])))
+        self.decoder = nn.ModuleList()
+        for level in range(self.depth, 0, -1):
+            merged, out = channels[level] + channels[level - 1], channels[level - 1]
+            self.decoder.append(nn.Sequential(*_conv_bn_relu(merged, out), *_conv_bn_relu(out, out)))
+        self.output = nn.Conv2d(channels[0], self.in_channels, 1)
+        if identity_init:
+            nn.init.zeros_(self.output.weight)
+            nn.init.zeros_(self.output.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """
+        :param x: Images ``(n, in_channels, h, w)``.
+        :return: The noise estimate :math:`D(x)`, same shape.
+        """
+        skips = []
+        h = x
+        for block in self.encoder:
+            h = block(h)
+            skips.append(h)
+        h = skips.pop()
+        for block in self.decoder:
+            skip = skips.pop()
+            h = nn.functional.interpolate(h, size=skip.shape[-2:], mode="nearest")
+            h = block(torch.cat([h, skip], dim=1))
+        return self.output(h)
+
+
+class FeatureGuidedDenoiser(PreprocessorPyTorch):
+    r"""
+    The high-level-representation guided denoiser of Liao et al. (2018) as an ART preprocessing defence:
+
+    .. math::
+        \hat{x} = x - D(x)
+
+    with :math:`D` a :class:`DenoisingUNet` that estimates the adversarial noise. Everything is torch, so
+    ``PyTorchClassifier(..., preprocessing_defences=[denoiser])`` (or a :class:`~art_latent.estimator.LatentClassifier`)
+    back-propagates through :math:`D`: ``loss_gradient`` and every white-box attack see the defended model, with no
+    gradient masking. ``apply_fit=False``: ART's own ``fit`` of the classifier skips it; ``apply_predict=True``:
+    ``predict``, ``loss_gradient`` and the attacks apply it. Train it with :class:`DenoiserTrainer`.
+
+    The network starts in eval mode (BatchNorm running statistics, so one input's output does not depend on the rest
+    of the batch); :class:`DenoiserTrainer` switches it to train mode during ``fit`` only.
+
+    | Paper link: https://arxiv.org/abs/1712.02976 (Liao et al.); paper 000: https://arxiv.org/abs/2110.05419
+    """
+
+    params = ["clip_values"]
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        width: int = 32,
+        depth: int = 2,
+        clip_values: tuple[float, float] | None = None,
+        identity_init: bool = True,
+        device_type: str = "gpu",
+    ) -> None:
+        """
+        :param in_channels: Channels of the images (channels first).
+        :param width: Channels of the U-Net's full-resolution level (see :class:`DenoisingUNet`).
+        :param depth: Down-/up-sampling levels of the U-Net.
+        :param clip_values: Optional ``(min, max)`` to clip :math:`\\hat{x}` to (``None``: no clipping, as Liao et
+                            al.; clipping zeroes the gradient where it saturates).
+        :param identity_init: Start as the identity (zeroed output convolution).
+        :param device_type: ``"gpu"`` (CUDA when available) or ``"cpu"``.
+        """
+        if device_type not in ("gpu", "cpu"):
+            raise ValueError(f"`device_type` must be 'gpu' or 'cpu', got {device_type!r}.")
+        super().__init__(device_type=device_type, is_fitted=False, apply_fit=False, apply_predict=True)
+        self.clip_values = clip_values
+        self._check_params()
+        self.network = DenoisingUNet(in_channels, width, depth, identity_init).to(self._device)
+        self.network.eval()
+
+    def _check_params(self) -> None:
+        if self.clip_values is not None:
+            if len(self.clip_values) != 2 or not all(isinstance(v, (int, float)) for v in self.clip_values):
+                raise ValueError(f"`clip_values` must be None or a (min, max) pair, got {self.clip_values!r}.")
+            if not self.clip_values[0] < self.clip_values[1]:
+                raise ValueError(f"`clip_values` must have min < max, got {self.clip_values!r}.")
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments that rebuild this denoiser (``device_type`` aside)."""
+        net = self.network
+        return {"in_channels": net.in_channels, "width": net.width, "depth": net.depth,
+                "clip_values": None if self.clip_values is None else tuple(float(v) for v in self.clip_values)}
+
+    def forward(self, x: torch.Tensor, y: Any = None) -> tuple[torch.Tensor, Any]:
+        """
+        Denoise a batch: :math:`\\hat{x} = x - D(x)` (clipped to `clip_values` when set), differentiable.
+
+        :param x: Images ``(n, in_channels, h, w)`` on :attr:`device`.
+        :param y: Labels, returned unchanged.
+        :return: ``(x_hat, y)``.
+        """
+        x_hat = x - self.network(x)
+        if self.clip_values is not None:
+            x_hat = x_hat.clamp(self.clip_values[0], self.clip_values[1])
+        return x_hat, y
+
+    # ------------------------------------------------------------------ torch helpers
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        """The denoiser network's parameters (for an optimizer)."""
+        return self.network.parameters()
+
+    def to(self, device: torch.device | str) -> FeatureGuidedDenoiser:
+        """
+        Move the network to `device` (and record it as the preprocessor's device).
+
+        :param device: A torch device.
+        :return: This denoiser.
+        """
+        self._device = torch.device(device)
+        self.network.to(self._device)
+        return self
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The network's ``state_dict``."""
+        return self.network.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """
+        Load network weights (e.g. from :meth:`state_dict`).
+
+        :param state: A ``state_dict`` of a network with the same configuration.
+        """
+        self.network.load_state_dict(state)
+        self._is_fitted = True
+
+    def save(self, path: str | os.PathLike) -> None:
+        """
+        Save the denoiser alone (configuration and weights, no classifier) for :meth:`load`.
+
+        :param path: The file to write (``torch.save`` format).
+        """
+        torch.save({"config": self.config, "state_dict": self.network.state_dict(), "is_fitted": self.is_fitted},
+                   path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device_type: str = "gpu") -> FeatureGuidedDenoiser:
+        """
+        Rebuild a denoiser written by :meth:`save`.
+
+        :param path: The file.
+        :param device_type: ``"gpu"`` or ``"cpu"``.
+        :return: The denoiser, in eval mode.
+        """
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        config = dict(state["config"])
+        if config.get("clip_values") is not None:
+            config["clip_values"] = tuple(config["clip_values"])
+        denoiser = cls(**config, identity_init=False, device_type=device_type)
+        denoiser.network.load_state_dict(state["state_dict"])
+        denoiser._is_fitted = bool(state.get("is_fitted", True))
+        return denoiser
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.config.items())}, device={self.device})"
+
+
+class DenoiserTrainer(LatentTrainer):
+    r"""
+    Train a :class:`FeatureGuidedDenoiser` with the classifier frozen (Liao et al.'s HGD; paper 000's baseline):
+
+    .. math::
+        L = \frac{1}{|s_f|}\,\big\| s_f(x_a - D(x_a)) - s_f(x) \big\|_1
+
+    averaged over the batch, where :math:`s_f` is the classifier's activation at `guide_layer`: by default the
+    output of the last convolutional block (the feature-guided denoiser, FGD, the variant paper 000 uses);
+    ``"logits"`` gives the logits-guided denoiser (LGD). ``normalization="batch"`` (or ``"layer"``, ``"sample"``)
+    replaces the mean absolute error by HLDR's :func:`~art_latent.regularizers.latent_disparity` of the guide layer.
+
+    The pairs :math:`(x, x_a)` are HLDR's fine-tuning set: one per budget of `budgets` made by `attack` (on the
+    classifier given here, precomputed once at the start of ``fit`` by default), plus Gaussian-noise pairs with
+    `noise_sigma` (paper 000's :math:`\mathbb{D}_\mathcal{N}`). The clean targets :math:`s_f(x)` are constant (the
+    classifier is frozen) and are computed once per sample, in eval mode, without the denoiser.
+
+    During ``fit`` the classifier's parameters have ``requires_grad`` off and the model is in eval mode (BatchNorm
+    running statistics stay untouched); both are restored afterwards, also on exceptions. Only the denoiser's
+    optimizer (Adam, lr 1e-3 by default, as Liao et al.) steps.
+
+    The trainer works on a *defended* :class:`~art_latent.estimator.LatentClassifier` (:meth:`get_classifier`): the same
+    model, with the denoiser as a preprocessing defence (first, unless the given classifier already holds it) and
+    the denoiser's optimizer. Its validation accuracy in ``history`` is the defended model's; ``val_robust_accuracy``
+    (with the default ``validation_attack="attack"``) attacks the *undefended* classifier and classifies the denoised
+    result (Liao et al.'s gray-box setting). The training ``accuracy`` is the defended model's on the pairs'
+    perturbed members. Checkpoints hold the denoiser and its optimizer.
+
+    | Paper link: https://arxiv.org/abs/1712.02976 (Liao et al.); paper 000: https://arxiv.org/abs/2110.05419
+    """
+
+    def __init__(
+        self,
+        classifier: LatentClassifier | PyTorchClassifier,
+        denoiser: FeatureGuidedDenoiser,
+        attack: Any,
+        guide_layer: str | int = LAST_CONV,
+        budgets: Sequence[float] | None = (0.0, 16 / 255, 32 / 255),
+        noise_sigma: float | None = None,
+        regenerate: str = "never",
+        normalization: str | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        learning_rate: float = 1e-3,
+        fast_attack: bool = True,
+        generation_batch_size: int = 512,
+        validation_attack: Any = "attack",
+        **trainer_kwargs: Any,
+    ) -> None:
+        """
+        :param classifier: The (pre-trained) classifier to defend; it is not modified.
+        :param denoiser: The denoiser to train.
+        :param attack: The attack making :math:`x_a`: an ART evasion attack on `classifier` (FGSM in paper 000) or a
+                       :class:`~art_latent.perturbations.PerturbationSource`.
+        :param guide_layer: ``"last_conv"`` (FGD: the last latent layer with spatial output), ``"logits"`` (LGD), or
+                            a module name / index into the classifier's ``latent_layers``.
+        :param budgets: Attack budgets :math:`\\epsilon \\ge 0`, one pair per sample and budget (0 gives
+                        :math:`(x, x)`); ``None``: the attack's own eps.
+        :param noise_sigma: Standard deviation of extra Gaussian-noise pairs (32/255 for paper 000's
+                            :math:`\\mathbb{D}_\\mathcal{N}`); ``None`` adds none.
+        :param regenerate: ``"never"`` (precompute on the classifier, paper 000), ``"epoch"`` or ``"batch"``.
+        :param normalization: ``None`` (mean absolute error, Liao et al.) or a
+                              :func:`~art_latent.regularizers.latent_disparity` normalization.
+        :param optimizer: An optimizer over the denoiser's parameters; default ``Adam(lr=learning_rate)``.
+        :param learning_rate: Learning rate of the default optimizer (> 0).
+        :param fast_attack: Use the on-device torch path for ART's FGSM/BIM/PGD.
+        :param generation_batch_size: Batch size when precomputing pairs and targets.
+        :param validation_attack: ``"attack"`` (default: `attack` at its own eps), ``None``, or an ART attack /
+                                  perturbation source for ``val_robust_accuracy``.
+        :param trainer_kwargs: ``seed``, ``log_every``, ``amp``: see :class:`~art_latent.trainers.base.LatentTrainer`.
+        """
+        if not isinstance(classifier, PyTorchClassifier):
+            raise TypeError(
+                f"`classifier` must be an art_latent LatentClassifier or ART PyTorchClassifier, got "
+                f"{type(classifier).__name__}."
+            )
+        if not isinstance(denoiser, FeatureGuidedDenoiser):
+            raise TypeError(f"`denoiser` must be a FeatureGuidedDenoiser, got {type(denoiser).__name__}.")
+        if budgets is not None:
+            budgets = tuple(budgets)
+            if not budgets:
+                raise ValueError("`budgets` is empty: give at least one budget (0 gives benign pairs).")
+            budgets = tuple(check_range("budgets", b, 0.0, math.inf, high_open=True) for b in budgets)
+        if noise_sigma is not None:
+            noise_sigma = check_range("noise_sigma", noise_sigma, 0.0, math.inf, low_open=True, high_open=True)
+        regenerate = check_choice("regenerate", regenerate, REGENERATE)
+        if normalization is not None:
+            check_choice("normalization", normalization, NORMALIZATIONS)
+        learning_rate = check_range("learning_rate", learning_rate, 0.0, math.inf, low_open=True, high_open=True)
+        generation_batch_size = check_int("generation_batch_size", generation_batch_size)
+        if not classifier.channels_first:
+            raise ValueError("The denoiser is a channels-first convolutional network; the classifier must be "
+                             "channels_first=True.")
+        if classifier.input_shape[0] != denoiser.network.in_channels:
+            raise ValueError(f"The denoiser has {denoiser.network.in_channels} input channels but the classifier's "
+                             f"input_shape is {classifier.input_shape}.")
+        denoiser.to(classifier.device)
+        if optimizer is None:
+            optimizer = torch.optim.Adam(denoiser.parameters(), lr=learning_rate)
+        else:
+            own = {id(p) for p in denoiser.parameters()}
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            if not params or any(id(p) not in own for p in params):
+                raise ValueError("`optimizer` must optimize the denoiser's parameters only (the classifier is "
+                                 "frozen); build it from denoiser.parameters().")
+        self.denoiser = denoiser
+        defences = list(classifier.preprocessing_defences or [])
+        others = [d for d in defences if d is not denoiser]
+        self._plain = self._rebuild(classifier, others, None)
+        defended = self._rebuild(classifier, defences if len(others) < len(defences) else [denoiser, *others],
+                                 optimizer)
+        if not defended.all_framework_preprocessing:
+            raise ValueError("Every preprocessing step of the classifier must be a PreprocessorPyTorch for gradients "
+                             "to flow through the denoiser.")
+
+        use_attack = isinstance(validation_attack, str) and validation_attack == "attack"
+        super().__init__(defended, validation_attack=None if use_attack else validation_attack, **trainer_kwargs)
+        source = as_perturbation_source(attack, fast=fast_attack)
+        if use_attack:
+            self.validation_attack = source
+        self.attack: PerturbationSource = source
+        if budgets is None:
+            if source.eps is None:
+                raise ValueError("`budgets=None` uses the attack's own eps, but this attack has none; give budgets.")
+            budgets = (source.eps,)
+        if any(b > 0 for b in budgets) and source.eps is None:
+            raise ValueError(f"The attack {type(attack).__name__} has no `eps` to set per budget; use budgets=None.")
+        self.budgets: tuple[float, ...] = budgets
+        self.noise = (None if noise_sigma is None
+                      else GaussianNoiseSource(sigma=noise_sigma, clip_values=self._classifier.clip_values))
+        self.regenerate = regenerate
+        self.normalization = normalization
+        self.generation_batch_size = generation_batch_size
+        self.guide_layer = self._resolve_guide(guide_layer)
+        self._base: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._targets_cache: torch.Tensor | None = None
+        self._fresh = False
+        self._restored: Batch | None = None
+        self._current: Batch | None = None
+
+    # ------------------------------------------------------------------ set-up
+
+    @staticmethod
+    def _rebuild(classifier: PyTorchClassifier, defences: list, optimizer: Any) -> LatentClassifier:
+        return LatentClassifier(
+            classifier.model,
+            classifier._loss,
+            classifier.input_shape,
+            classifier.nb_classes,
+            optimizer=optimizer,
+            channels_first=classifier.channels_first,
+            clip_values=classifier.clip_values,
+            preprocessing_defences=defences or None,
+            postprocessing_defences=classifier.postprocessing_defences,
+            preprocessing=classifier.preprocessing,
+            device_type="cpu" if classifier.device.type == "cpu" else "gpu",
+            layers=getattr(classifier, "layers", "auto"),
+        )
+
+    def _resolve_guide(self, guide_layer: str | int) -> str:
+        if guide_layer == LOGITS:
+            return LOGITS
+        if guide_layer != LAST_CONV:
+            names = self._plain._module_names(guide_layer)
+            if len(names) != 1:
+                raise ValueError(f"`guide_layer` must name one layer, {guide_layer!r} matches {names}.")
+            return names[0]
+        # The last latent layer (in execution order) whose output keeps spatial dimensions.
+        with preserve_mode(self._plain.model), torch.no_grad(), self._plain.latents() as store:
+            self._plain.model.eval()
+            x_pre, _ = self._plain._apply_preprocessing(self._plain._example_input(), None, fit=False)
+            self._plain.model(x_pre)
+            spatial = [name for name, out in store.items() if isinstance(out, torch.Tensor) and out.ndim >= 3]
+        if not spatial:
+            raise ValueError("The classifier has no latent layer with a spatial output (no convolutional layer); "
+                             "pass `guide_layer` explicitly (a name or 'logits').")
+        logger.info("Feature-guided denoiser: guide layer %s.", spatial[-1])
+        return spatial[-1]
+
+    # ------------------------------------------------------------------ pairs and targets
+
+    def _guide(self, classifier: LatentClassifier, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward through `classifier` (with its preprocessing): ``(logits, guide activation)``."""
+        if self.guide_layer == LOGITS:
+            logits = classifier.model(classifier._apply_preprocessing(x, None, fit=False, no_grad=False)[0])
+            return logits, logits
+        logits, acts = classifier.forward_with_latents(x, [self.guide_layer])
+        return logits, acts[self.guide_layer]
+
+    def targets(self, x: torch.Tensor) -> torch.Tensor:
+        """
+        The guide activations :math:`s_f(x)` of clean inputs: classifier without the denoiser, eval mode, no grad.
+
+        :param x: Clean inputs on the device.
+        :return: The detached activations, first dimension ``len(x)``.
+        """
+        model = self._plain.model
+        outputs = []
+        with preserve_mode(model), torch.no_grad():
+            model.eval()
+            for begin in range(0, len(x), self.generation_batch_size):
+                outputs.append(self._guide(self._plain, x[begin : begin + self.generation_batch_size])[1])
+        return torch.cat(outputs)
+
+    def make_pairs(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None) -> Batch:
+        """
+        Build the training pairs of `x` (the layout of :meth:`HLDRTrainer.make_pairs
+        <art_latent.trainers.hldr.HLDRTrainer.make_pairs>`: grouped by budget, then the noise pairs).
+
+        :param x: Clean inputs on the device.
+        :param y: Class indices.
+        :param target: The clean targets of `x` when already known (:meth:`targets`).
+        :return: ``{"x_pair", "y", "target"}``, ``len(budgets)`` (+1 with noise) times as long as `x`.
+        """
+        pairs = budget_pairs(self.attack, x, y, self.budgets, self.noise, self.generation_batch_size)
+        copies = len(self.budgets) + (self.noise is not None)
+        target = self.targets(x) if target is None else target
+        return {"x_pair": pairs["x_pair"], "y": pairs["y"],
+                "target": target.repeat(copies, *([1] * (target.ndim - 1)))}
+
+    def prepare_data(self, x: torch.Tensor, y: torch.Tensor) -> Batch:
+        if self.regenerate == "batch":
+            return {"x": x, "y": y}
+        self._base = (x, y)
+        if self._restored is not None:
+            data, self._restored = self._restored, None
+            return {k: v.to(self.device) for k, v in data.items()}
+        logger.info("Generating the denoiser pairs of %d samples x %d budgets.", len(x), len(self.budgets))
+        self._fresh = True
+        self._targets_cache = self.targets(x)
+        return self.make_pairs(x, y, self._targets_cache)
+
+    def on_epoch_start(self, epoch: int, data: Batch) -> Batch:
+        if self.regenerate == "epoch" and not self._fresh and self._base is not None:
+            data = self.make_pairs(*self._base, self._targets_cache)
+        self._fresh = False
+        self._current = data
+        return data
+
+    # ------------------------------------------------------------------ step
+
+    def optimization_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        # The loop puts the model in train mode every epoch: the frozen classifier must stay in eval mode.
+        self._classifier.model.eval()
+        self.denoiser.network.train()
+        return super().optimization_step(batch)
+
+    def training_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        nb = len(batch["y"])
+        if "x_pair" not in batch:
+            batch = self.make_pairs(batch["x"], batch["y"])  # rows [:nb] are the first budget's pairs
+        logits, guide = self._guide(self._classifier, batch["x_pair"])
+        target = batch["target"]
+        if self.normalization is None:
+            loss = (guide.float() - target.float()).abs().mean()
+        else:
+            loss = latent_disparity([target], [guide], self.normalization, 1)
+        return loss, logits[:nb], {}
+
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> dict[str, float]:
+        with preserve_mode(self.denoiser.network):
+            self.denoiser.network.eval()
+            return super().evaluate(x, y, batch_size)
+
+    @contextlib.contextmanager
+    def _frozen(self) -> Iterator[None]:
+        params = list(self._classifier.model.parameters())
+        flags = [p.requires_grad for p in params]
+        with preserve_mode(self.denoiser.network):
+            try:
+                for p in params:
+                    p.requires_grad_(False)
+                yield
+            finally:
+                for p, flag in zip(params, flags, strict=True):
+                    p.requires_grad_(flag)
+        self.denoiser._is_fitted = True
+
+    def fit_context(self) -> contextlib.AbstractContextManager:
+        return self._frozen()
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"denoiser": {k: v.detach().cpu() for k, v in self.denoiser.state_dict().items()}}
+        if self.regenerate == "never" and self._current is not None:
+            state["pairs"] = {k: v.detach().cpu() for k, v in self._current.items()}
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.denoiser.network.load_state_dict(state["denoiser"])
+        if "pairs" in state:
+            self._restored = state["pairs"]
+
