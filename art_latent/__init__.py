@@ -13,6 +13,8 @@ from art_latent.perturbations import (
 )
 from art_latent.regularizers import latent_disparity
 from art_latent.trainers import (
+    AFDTrainer,
+    DeepDefenseTrainer,
     FIMRTrainer,
     GaussianNoiseTrainer,
     HLDRTrainer,
@@ -23,7 +25,9 @@ from art_latent.trainers import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AFDTrainer",
     "ARTAttackSource",
+    "DeepDefenseTrainer",
     "DenoiserTrainer",
     "FIMRTrainer",
     "FeatureGuidedDenoiser",

@@ -1,7 +1,26 @@
 """
-Evaluation of defended classifiers: robust accuracy and accuracy-versus-budget curves.
+Evaluation of defended classifiers: robust accuracy, accuracy-versus-budget curves and the representation metrics
+of the papers (sensitivity, dimensionality, rho_2, eps_ref).
 """
 
+from art_latent.analysis.deepfool_metrics import accuracy_at_eps_ref, eps_ref, rho2
 from art_latent.analysis.metrics import accuracy, accuracy_vs_eps, robust_accuracy
+from art_latent.analysis.representation import (
+    embeddings,
+    representation_dimensionality,
+    representation_sensitivity,
+    robust_accuracy_auc,
+)
 
-__all__ = ["accuracy", "accuracy_vs_eps", "robust_accuracy"]
+__all__ = [
+    "accuracy",
+    "accuracy_at_eps_ref",
+    "accuracy_vs_eps",
+    "embeddings",
+    "eps_ref",
+    "representation_dimensionality",
+    "representation_sensitivity",
+    "rho2",
+    "robust_accuracy",
+    "robust_accuracy_auc",
+]

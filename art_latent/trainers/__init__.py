@@ -2,9 +2,20 @@
 ART ``Trainer`` subclasses: the shared training loop and the latent defenses built on it.
 """
 
+from art_latent.trainers.afd import AFDTrainer, ProjectionDiscriminator
 from art_latent.trainers.base import LatentTrainer
+from art_latent.trainers.deep_defense import DeepDefenseTrainer
 from art_latent.trainers.fimr import FIMRTrainer
 from art_latent.trainers.hldr import HLDRTrainer
 from art_latent.trainers.noise import GaussianNoiseTrainer, StabilityTrainer
 
-__all__ = ["FIMRTrainer", "GaussianNoiseTrainer", "HLDRTrainer", "LatentTrainer", "StabilityTrainer"]
+__all__ = [
+    "AFDTrainer",
+    "DeepDefenseTrainer",
+    "FIMRTrainer",
+    "GaussianNoiseTrainer",
+    "HLDRTrainer",
+    "LatentTrainer",
+    "ProjectionDiscriminator",
+    "StabilityTrainer",
+]

@@ -145,6 +145,15 @@ class LatentTrainer(Trainer):
         """
         return data
 
+    def on_epoch_end(self, epoch: int, record: dict[str, float]) -> None:
+        """
+        Called after every epoch's metrics are read (and validation ran), before the record is appended to the history
+        and the checkpoint is written: methods add entries to `record` or raise on a diverged state here.
+
+        :param epoch: The epoch index (0-based).
+        :param record: The epoch's history record (mutable).
+        """
+
     def training_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """
         Compute the loss of one batch (the model is in train mode, gradients are zero).
@@ -462,6 +471,7 @@ class LatentTrainer(Trainer):
                         scheduler.step(record.get("val_loss", record["loss"]))
                     else:
                         scheduler.step()
+                self.on_epoch_end(epoch, record)
                 self.history.append(record)
                 epochs.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k not in ("epoch", "lr", "time_s")})
                 logger.info("epoch %d: %s", epoch + 1, record)
