@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="gpu", choices=("gpu", "cpu"), help="gpu uses CUDA when available.")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quiet", action="store_true", help="No progress bars.")
+    from art_latent.experiments_cli import add_benchmark_parsers
+
+    add_benchmark_parsers(sub)
     return parser
 
 
@@ -60,7 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
         print(format_table(results))
         print(f"\nWrote {', '.join(results['files'])} in {results['seconds']:.0f} s")
-    return 0
+        return 0
+    return args.handler(args)
 
 
 if __name__ == "__main__":

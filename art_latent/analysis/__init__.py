@@ -3,8 +3,17 @@ Evaluation of defended classifiers: robust accuracy, accuracy-versus-budget curv
 of the papers (sensitivity, dimensionality, rho_2, eps_ref).
 """
 
+from art_latent.analysis.curves import (
+    ConfidenceInterval,
+    accuracy_under_perturbation,
+    accuracy_vs_noise,
+    mean_confidence_interval,
+    perturbation_error,
+    predict_labels,
+)
 from art_latent.analysis.deepfool_metrics import accuracy_at_eps_ref, eps_ref, rho2
 from art_latent.analysis.metrics import accuracy, accuracy_vs_eps, robust_accuracy
+from art_latent.analysis.report import RobustnessReport, gradient_masking_flags
 from art_latent.analysis.representation import (
     embeddings,
     representation_dimensionality,
@@ -13,7 +22,15 @@ from art_latent.analysis.representation import (
 )
 
 __all__ = [
+    "ConfidenceInterval",
+    "RobustnessReport",
     "accuracy",
+    "accuracy_under_perturbation",
+    "accuracy_vs_noise",
+    "gradient_masking_flags",
+    "mean_confidence_interval",
+    "perturbation_error",
+    "predict_labels",
     "accuracy_at_eps_ref",
     "accuracy_vs_eps",
     "embeddings",

@@ -3,6 +3,9 @@ Accuracy metrics as the papers report them.
 
 ART's ``art.metrics.adversarial_accuracy`` is conditional on the clean-correct samples; the papers report the plain
 robust accuracy (correct under attack / all samples), which :func:`robust_accuracy` computes.
+
+The batched, on-device curves (``accuracy_vs_noise``, ``perturbation_error``, ``mean_confidence_interval``) live in
+:mod:`art_latent.analysis.curves` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -14,6 +17,10 @@ from typing import Any
 import numpy as np
 from art.estimators.classification.classifier import ClassifierMixin
 from tqdm.auto import tqdm
+
+from art_latent.analysis.curves import accuracy_vs_noise as accuracy_vs_noise
+from art_latent.analysis.curves import mean_confidence_interval as mean_confidence_interval
+from art_latent.analysis.curves import perturbation_error as perturbation_error
 
 logger = logging.getLogger(__name__)
 

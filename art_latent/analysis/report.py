@@ -1,0 +1,724 @@
+"""
+:class:`RobustnessReport`: evaluate one or more (defended) classifiers against an attack suite and write the
+results as JSON, a Markdown table and PNG plots, with a gradient-masking check.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from art_latent.analysis.curves import (
+    _inputs,
+    accuracy_under_perturbation,
+    accuracy_vs_noise,
+    perturbation_error,
+    predict_labels,
+)
+from art_latent.validation import check_choice, check_int, check_range
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ATTACKS", "EPS_ATTACKS", "RobustnessReport", "gradient_masking_flags", "plot_curves", "write_json"]
+
+#: Attacks a report can run; the first four are the default suite.
+ATTACKS = ("fgsm", "pgd", "transfer", "noise", "autoattack")
+#: Attacks evaluated over the eps list (``"noise"`` runs over the sigma list instead).
+EPS_ATTACKS = ("fgsm", "pgd", "transfer", "autoattack")
+#: White-box attacks, compared with the transfer attack by the gradient-masking check.
+WHITE_BOX = ("fgsm", "pgd", "autoattack")
+ATTACK_TITLES = {
+    "fgsm": "FGSM (white-box)",
+    "pgd": "PGD-Linf (white-box)",
+    "transfer": "transfer from the reference",
+    "autoattack": "AutoAttack",
+    "noise": "Gaussian noise",
+}
+
+MULTIPROCESS_MESSAGE = (
+    "ART's AutoAttack needs the `multiprocess` package, which is not installed: run `pip install multiprocess` "
+    "(or install art-latent with the extra that lists it)."
+)
+
+
+def _json_safe(value: Any) -> Any:
+    """Recursively turn numpy/torch scalars into Python numbers and non-finite floats into ``None``."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return _json_safe(value.detach().cpu().tolist())
+    if isinstance(value, np.ndarray):
+        return _json_safe(value.tolist())
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def write_json(data: Any, path: str | os.PathLike) -> Path:
+    """
+    Write `data` as indented JSON, atomically (a temporary file renamed over `path`): an interrupted write never
+    leaves a truncated file. Non-finite floats are written as ``null``.
+
+    :param data: JSON-serialisable data (numpy and torch scalars are converted).
+    :param path: Destination.
+    :return: The path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def gradient_masking_flags(
+    accuracy: Mapping[str, Sequence[float | None]],
+    eps_list: Sequence[float],
+    tolerance: float = 0.01,
+    check_transfer: bool = True,
+    scale: float = 255.0,
+) -> list[str]:
+    """
+    Signs of gradient masking (obfuscated gradients) in one model's accuracy curves:
+
+    * a white-box attack (FGSM, PGD, AutoAttack; the strongest of them at each budget) leaves a *higher* accuracy
+      than the transfer attack from the undefended model at the same budget: a white-box attack with working
+      gradients is at least as strong as a black-box one;
+    * a white-box attack's accuracy *rises* from one budget to the next, or does not fall from the smallest to the
+      largest budget: a larger ball contains the smaller one.
+
+    Each comparison allows `tolerance` (absolute accuracy) for sampling noise.
+
+    :param accuracy: ``{attack name: accuracies over eps_list}`` (``"fgsm"``, ``"pgd"``, ``"autoattack"``,
+                     ``"transfer"``; others are ignored).
+    :param eps_list: The budgets, ascending.
+    :param tolerance: Allowed slack, in accuracy units.
+    :param check_transfer: Compare with the transfer attack (off for the transfer source itself).
+    :param scale: Budgets are printed times this (255: in units of 1/255).
+    :return: Human-readable findings; empty when nothing is suspicious.
+    """
+    flags = []
+    eps = list(eps_list)
+
+    def fmt(e: float) -> str:
+        return f"{e * scale:g}/{scale:g}" if scale != 1 else f"{e:g}"
+
+    white = {k: v for k, v in accuracy.items() if k in WHITE_BOX and v is not None}
+    for name, curve in white.items():
+        values = [math.nan if v is None else float(v) for v in curve]
+        for i in range(len(eps) - 1):
+            if values[i + 1] > values[i] + tolerance:
+                flags.append(f"{name}: accuracy rises from {values[i]:.3f} at eps={fmt(eps[i])} to {values[i + 1]:.3f} "
+                             f"at eps={fmt(eps[i + 1])}")
+        if len(eps) > 1 and eps[-1] > eps[0] and values[-1] >= values[0] - tolerance:
+            flags.append(f"{name}: accuracy does not fall as eps grows ({values[0]:.3f} at eps={fmt(eps[0])}, "
+                         f"{values[-1]:.3f} at eps={fmt(eps[-1])})")
+    transfer = accuracy.get("transfer")
+    if check_transfer and transfer is not None and white:
+        for i, e in enumerate(eps):
+            if e <= 0 or transfer[i] is None:
+                continue
+            best_name, best = min(((k, float(v[i])) for k, v in white.items() if v[i] is not None),
+                                  key=lambda item: item[1], default=(None, math.nan))
+            if best_name is not None and best > float(transfer[i]) + tolerance:
+                flags.append(f"white-box accuracy ({best_name}: {best:.3f}) exceeds transfer-attack accuracy "
+                             f"({float(transfer[i]):.3f}) at eps={fmt(e)}")
+    return flags
+
+
+def plot_curves(
+    ax: Any,
+    xs: Sequence[float],
+    series: Mapping[str, tuple[Sequence[float | None], Sequence[float | None] | None]],
+    xlabel: str,
+    ylabel: str,
+    title: str | None = None,
+    zero_line: bool = False,
+    colors: Mapping[str, str] | None = None,
+    integer_x: bool = False,
+) -> None:
+    """
+    Draw one line per series on a matplotlib axis, with error bars when half widths are given.
+
+    :param ax: A matplotlib ``Axes``.
+    :param xs: The x values.
+    :param series: ``{label: (values, half widths or None)}``; ``None`` values and half widths are skipped / drawn
+                   without a bar.
+    :param xlabel: x-axis label.
+    :param ylabel: y-axis label.
+    :param title: Axis title.
+    :param zero_line: Draw a horizontal line at 0 (for gains).
+    :param colors: ``{label: matplotlib color}``, so a model keeps its color across panels and figures.
+    :param integer_x: Integer ticks on the x axis (layer numbers).
+    """
+    for label, (values, half) in series.items():
+        y = np.array([np.nan if v is None else v for v in values], dtype=float)
+        err = None if half is None else np.array([0.0 if h is None or not np.isfinite(h) else h for h in half])
+        ax.errorbar(list(xs), y, yerr=err, marker="o", markersize=3, capsize=3 if err is not None else 0, label=label,
+                    color=(colors or {}).get(label))
+    if integer_x:
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if zero_line:
+        ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    if series:
+        ax.legend(fontsize=8)
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+class RobustnessReport:
+    r"""
+    Evaluate classifiers against an attack suite over lists of budgets, and write the results.
+
+    The suite (all :math:`L_\infty`, untargeted, with the true labels):
+
+    * ``"fgsm"``: ART's ``FastGradientMethod``, white-box;
+    * ``"pgd"``: ART's ``ProjectedGradientDescent`` with ``pgd_max_iter`` steps of ``pgd_step_ratio * eps`` and
+      ``pgd_restarts`` random starts (a sample counts as broken when any start breaks it), white-box;
+    * ``"transfer"``: adversarial examples made by ``transfer_attack`` (PGD or FGSM) on the *reference*
+      (undefended) model, shown to every model;
+    * ``"noise"``: additive Gaussian noise over `sigma_list`;
+    * ``"autoattack"`` (only when requested): ART's ``AutoAttack`` (needs the ``multiprocess`` package).
+
+    FGSM and PGD run on the on-device torch path of :class:`~art_latent.perturbations.TorchGradientAttack` (the same
+    output as ART's ``generate``); every attack is generated and scored batch by batch on the classifier's device.
+    Budget 0 is the clean accuracy. Each model also gets the per-layer perturbation error (paper 000, Fig. 6) at
+    `perturbation_eps` with FGSM, and every function in `extra_metrics`.
+
+    The **gradient-masking check** (:func:`gradient_masking_flags`) flags a model whose white-box accuracy exceeds its
+    transfer-attack accuracy, or whose white-box accuracy does not fall as eps grows.
+
+    .. code-block:: python
+
+        report = RobustnessReport(eps_list=[0, 4 / 255, 8 / 255, 16 / 255])
+        results = report.evaluate({"undefended": clf0, "hldr": clf1}, x_test, y_test, reference="undefended")
+        report.write(results, "report/")   # report.json, report.md, *.png
+    """
+
+    def __init__(
+        self,
+        attacks: Sequence[str] = ("fgsm", "pgd", "transfer", "noise"),
+        eps_list: Sequence[float] = (0.0, 2 / 255, 4 / 255, 8 / 255, 16 / 255, 32 / 255),
+        sigma_list: Sequence[float] = (0.0, 8 / 255, 16 / 255, 32 / 255, 64 / 255),
+        pgd_max_iter: int = 10,
+        pgd_step_ratio: float | None = None,
+        pgd_restarts: int = 1,
+        transfer_attack: str = "pgd",
+        autoattack_kwargs: Mapping[str, Any] | None = None,
+        perturbation_eps: float | None = 8 / 255,
+        perturbation_layers: Any = None,
+        extra_metrics: Mapping[str, Callable[..., Any]] | None = None,
+        masking_tolerance: float = 0.01,
+        batch_size: int = 256,
+        seed: int = 0,
+        scale: float = 255.0,
+        verbose: bool = True,
+    ) -> None:
+        """
+        :param attacks: Names from :data:`ATTACKS`.
+        :param eps_list: Budgets (input units, e.g. ``8 / 255``), each >= 0; sorted ascending; 0 is the clean
+                         accuracy.
+        :param sigma_list: Standard deviations of the Gaussian noise, each >= 0.
+        :param pgd_max_iter: PGD iterations.
+        :param pgd_step_ratio: PGD step size as a fraction of eps (``eps_step = pgd_step_ratio * eps``); default
+                               ``2.5 / pgd_max_iter`` (Madry et al.'s rule: the steps can cross the ball 2.5 times).
+        :param pgd_restarts: PGD random starts (ART's ``num_random_init``; 0 starts at the input).
+        :param transfer_attack: ``"pgd"`` or ``"fgsm"``: the attack run on the reference model for ``"transfer"``.
+        :param autoattack_kwargs: Extra keyword arguments of ART's ``AutoAttack`` (e.g. ``attacks=[...]``).
+        :param perturbation_eps: FGSM budget of the per-layer perturbation error; ``None`` skips it.
+        :param perturbation_layers: Layers of the perturbation error (default: each classifier's ``latent_layers``).
+        :param extra_metrics: ``{name: fn}``: more metrics per model, e.g. the representation and DeepFool metrics of
+                              :mod:`art_latent.analysis`. Each ``fn`` is called with the arguments it names among
+                              ``classifier`` (or ``estimator``), ``x`` and ``y`` (numpy test inputs and labels) and
+                              ``x_adv`` (their FGSM examples at `perturbation_eps`); bind other arguments with
+                              ``functools.partial``. It returns a number, or a dict whose numeric entries are kept
+                              (arrays are dropped); stored under ``"extra"``.
+        :param masking_tolerance: Slack of the gradient-masking check, in accuracy units.
+        :param batch_size: Batch size of attacks and predictions.
+        :param seed: Seed of the random starts and the noise (every model gets the same draws).
+        :param scale: Display unit of budgets in tables and plots (255: eps printed in units of 1/255).
+        :param verbose: Progress bars.
+        :raises ValueError: On an unknown attack or a bad value.
+        :raises ImportError: When ``"autoattack"`` is requested and ``multiprocess`` is not installed.
+        """
+        attacks = tuple(attacks)
+        if not attacks:
+            raise ValueError(f"`attacks` is empty; accepted names: {ATTACKS}.")
+        for name in attacks:
+            check_choice("attacks", name, ATTACKS)
+        if len(set(attacks)) != len(attacks):
+            raise ValueError(f"`attacks` has duplicates: {attacks}.")
+        if "autoattack" in attacks and importlib.util.find_spec("multiprocess") is None:
+            raise ImportError(MULTIPROCESS_MESSAGE)
+        self.attacks = attacks
+        self.eps_list = sorted(check_range("eps_list", e, 0.0, math.inf, high_open=True) for e in eps_list)
+        if any(a in EPS_ATTACKS for a in attacks) and not self.eps_list:
+            raise ValueError("`eps_list` is empty.")
+        self.sigma_list = sorted(check_range("sigma_list", s, 0.0, math.inf, high_open=True) for s in sigma_list)
+        if "noise" in attacks and not self.sigma_list:
+            raise ValueError("`sigma_list` is empty but the suite has 'noise'.")
+        self.pgd_max_iter = check_int("pgd_max_iter", pgd_max_iter)
+        if pgd_step_ratio is None:
+            pgd_step_ratio = 2.5 / self.pgd_max_iter
+        self.pgd_step_ratio = check_range("pgd_step_ratio", pgd_step_ratio, 0.0, math.inf, low_open=True,
+                                          high_open=True)
+        self.pgd_restarts = check_int("pgd_restarts", pgd_restarts, minimum=0)
+        self.transfer_attack = check_choice("transfer_attack", transfer_attack, ("pgd", "fgsm"))
+        self.autoattack_kwargs = dict(autoattack_kwargs or {})
+        self.perturbation_eps = (None if perturbation_eps is None else
+                                 check_range("perturbation_eps", perturbation_eps, 0.0, math.inf, low_open=True,
+                                             high_open=True))
+        self.perturbation_layers = perturbation_layers
+        self.extra_metrics = dict(extra_metrics or {})
+        self._metric_args = {name: self._metric_arguments(name, fn) for name, fn in self.extra_metrics.items()}
+        self.masking_tolerance = check_range("masking_tolerance", masking_tolerance, 0.0, 1.0)
+        self.batch_size = check_int("batch_size", batch_size)
+        self.seed = check_int("seed", seed, minimum=0)
+        self.scale = check_range("scale", scale, 0.0, math.inf, low_open=True, high_open=True)
+        self.verbose = verbose
+
+    def _metric_arguments(self, name: str, fn: Any) -> dict[str, str]:
+        """Map the parameters of an extra metric to what the report provides; reject what it cannot provide."""
+        if not callable(fn):
+            raise TypeError(f"extra_metrics[{name!r}] must be callable, got {type(fn).__name__}.")
+        provided = {"classifier": "classifier", "estimator": "classifier", "x": "x", "y": "y", "x_adv": "x_adv"}
+        if self.perturbation_eps is None:
+            provided.pop("x_adv")
+        mapping = {}
+        for param in inspect.signature(fn).parameters.values():
+            if param.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+                continue
+            if param.name in provided:
+                mapping[param.name] = provided[param.name]
+            elif param.default is inspect.Parameter.empty:
+                raise ValueError(
+                    f"extra_metrics[{name!r}] needs the argument {param.name!r}, which the report cannot provide "
+                    f"(it provides {sorted(provided)}; x_adv needs perturbation_eps): bind it with functools.partial."
+                )
+        return mapping
+
+    # ------------------------------------------------------------------ attacks
+
+    def settings(self) -> dict[str, Any]:
+        """The report's settings, as stored in the JSON."""
+        return {
+            "attacks": list(self.attacks), "eps": self.eps_list, "sigmas": self.sigma_list,
+            "pgd_max_iter": self.pgd_max_iter, "pgd_step_ratio": self.pgd_step_ratio,
+            "pgd_restarts": self.pgd_restarts, "transfer_attack": self.transfer_attack,
+            "perturbation_eps": self.perturbation_eps, "masking_tolerance": self.masking_tolerance,
+            "seed": self.seed, "scale": self.scale,
+            "autoattack_kwargs": {k: repr(v) for k, v in self.autoattack_kwargs.items()},
+        }
+
+    def make_source(self, name: str, classifier: Any, offset: int = 0) -> Any:
+        """
+        The perturbation source of a white-box attack on `classifier`, with the report's settings (the budget is
+        set per call with ``eps=``).
+
+        :param name: ``"fgsm"``, ``"pgd"`` or ``"autoattack"``.
+        :param classifier: The attacked classifier.
+        :param offset: Added to the seed of the random starts.
+        :return: A :class:`~art_latent.perturbations.PerturbationSource`.
+        """
+        from art.attacks.evasion import AutoAttack, FastGradientMethod, ProjectedGradientDescent
+
+        from art_latent.perturbations import ARTAttackSource, TorchGradientAttack
+
+        reference_eps = max(self.eps_list[-1], 1e-3)  # overridden per budget; sets the step/eps ratio
+        if name == "fgsm":
+            attack = FastGradientMethod(classifier, eps=reference_eps, batch_size=self.batch_size)
+        elif name == "pgd":
+            attack = ProjectedGradientDescent(
+                classifier, eps=reference_eps, eps_step=self.pgd_step_ratio * reference_eps,
+                max_iter=self.pgd_max_iter, num_random_init=self.pgd_restarts, batch_size=self.batch_size,
+                verbose=False,
+            )
+        elif name == "autoattack":
+            if importlib.util.find_spec("multiprocess") is None:
+                raise ImportError(MULTIPROCESS_MESSAGE)
+            kwargs = {"eps_step": self.pgd_step_ratio * reference_eps, "batch_size": self.batch_size,
+                      **self.autoattack_kwargs}
+            return ARTAttackSource(AutoAttack(classifier, norm=np.inf, eps=reference_eps, **kwargs))
+        else:
+            raise ValueError(f"{name!r} is not a white-box attack of the suite.")
+        source = TorchGradientAttack.from_art(attack, generator=torch.Generator().manual_seed(self.seed + offset))
+        return source if source is not None else ARTAttackSource(attack)
+
+    def transfer_examples(self, source_classifier: Any, x: Any, y: Any) -> dict[float, torch.Tensor]:
+        """
+        Adversarial examples of `x` made on `source_classifier` (the reference) at every positive budget, for the
+        transfer attack; computed once and shown to every model.
+
+        :param source_classifier: The classifier the examples are made on.
+        :param x: Clean inputs.
+        :param y: True labels.
+        :return: ``{eps: adversarial inputs}`` on the source classifier's device.
+        """
+        x_t, y_t = _inputs(source_classifier, x, y)
+        source = self.make_source(self.transfer_attack, source_classifier, offset=1)
+        out: dict[float, torch.Tensor] = {}
+        budgets = [e for e in self.eps_list if e > 0]
+        for eps in tqdm(budgets, desc="transfer examples", disable=not self.verbose, leave=False):
+            parts = [source.generate(x_t[b : b + self.batch_size], y_t[b : b + self.batch_size], eps=eps)
+                     for b in range(0, len(x_t), self.batch_size)]
+            out[eps] = torch.cat(parts)
+        return out
+
+    # ------------------------------------------------------------------ evaluation
+
+    def evaluate_model(
+        self,
+        classifier: Any,
+        x: Any,
+        y: Any,
+        transfer: Mapping[float, torch.Tensor] | None = None,
+        is_reference: bool = False,
+        name: str = "model",
+    ) -> dict[str, Any]:
+        """
+        Evaluate one classifier.
+
+        :param classifier: An ART ``PyTorchClassifier`` (a :class:`~art_latent.estimator.LatentClassifier` for the
+                           perturbation error; a plain one is wrapped).
+        :param x: Clean inputs.
+        :param y: True labels.
+        :param transfer: The output of :meth:`transfer_examples` (required when the suite has ``"transfer"``).
+        :param is_reference: `classifier` is the transfer source (its transfer curve is its own white-box curve, so
+                             the masking check skips that comparison).
+        :param name: Name used in progress bars and logs.
+        :return: ``{"clean_accuracy", "accuracy": {attack: [per eps]}, "noise_accuracy": [per sigma],
+                 "perturbation_error": {"layers", "values"}, "extra", "flags", "timing": {"eval_seconds"}}``.
+        """
+        started = time.perf_counter()
+        x_t, y_t = _inputs(classifier, x, y)
+        if "transfer" in self.attacks and transfer is None:
+            raise ValueError("The suite has 'transfer': pass the reference's `transfer_examples`.")
+        clean = (predict_labels(classifier, x_t, self.batch_size) == y_t).double().mean().item()
+        result: dict[str, Any] = {"clean_accuracy": clean, "accuracy": {}}
+        for offset, attack in enumerate(a for a in self.attacks if a in EPS_ATTACKS):
+            curve = []
+            source = None if attack == "transfer" else self.make_source(attack, classifier, offset=10 + offset)
+            for eps in tqdm(self.eps_list, desc=f"{name}: {attack}", disable=not self.verbose, leave=False):
+                if eps == 0:
+                    curve.append(clean)
+                elif attack == "transfer":
+                    x_adv = transfer[eps].to(classifier.device)  # type: ignore[index]
+                    curve.append(accuracy_under_perturbation(classifier, x_adv, y_t, batch_size=self.batch_size))
+                else:
+                    curve.append(accuracy_under_perturbation(classifier, x_t, y_t, source, eps=eps,
+                                                             batch_size=self.batch_size))
+            result["accuracy"][attack] = curve
+        if "noise" in self.attacks:
+            result["noise_accuracy"] = accuracy_vs_noise(classifier, x_t, y_t, self.sigma_list, self.batch_size,
+                                                         seed=self.seed, verbose=False)
+        if len(self.eps_list) > 1:
+            result["auc"] = {a: _normalized_auc(self.eps_list, c) for a, c in result["accuracy"].items()}
+        if self.perturbation_eps is not None:
+            fgsm = self.make_source("fgsm", classifier)
+            x_adv = torch.cat([fgsm.generate(x_t[b : b + self.batch_size], y_t[b : b + self.batch_size],
+                                             eps=self.perturbation_eps) for b in range(0, len(x_t), self.batch_size)])
+            errors = perturbation_error(classifier, x_t, x_adv, self.perturbation_layers, self.batch_size)
+            result["perturbation_error"] = {"layers": list(errors), "values": list(errors.values())}
+        if self.extra_metrics:
+            available = {"classifier": classifier, "x": x_t.cpu().numpy(), "y": y_t.cpu().numpy()}
+            if self.perturbation_eps is not None:
+                available["x_adv"] = x_adv.cpu().numpy()
+            result["extra"] = {}
+            for key, fn in self.extra_metrics.items():
+                value = fn(**{param: available[what] for param, what in self._metric_args[key].items()})
+                result["extra"].update(_flatten_metric(key, value))
+        result["flags"] = gradient_masking_flags(result["accuracy"], self.eps_list, self.masking_tolerance,
+                                                 check_transfer=not is_reference, scale=self.scale)
+        for flag in result["flags"]:
+            logger.warning("Possible gradient masking in %s: %s.", name, flag)
+        result["timing"] = {"eval_seconds": time.perf_counter() - started}
+        return result
+
+    def evaluate(
+        self,
+        classifiers: Mapping[str, Any] | Any,
+        x: Any,
+        y: Any,
+        reference: str | None = None,
+    ) -> dict[str, Any]:
+        """
+        Evaluate every classifier on ``(x, y)``.
+
+        :param classifiers: ``{name: classifier}`` (or one classifier, named ``"model"``).
+        :param x: Clean test inputs (numpy or tensor).
+        :param y: True labels (indices or one-hot).
+        :param reference: Name of the undefended model: the source of the transfer attack and the baseline of the
+                          gains. Default: ``"undefended"`` when present, else none (then the suite may not have
+                          ``"transfer"``).
+        :return: The results: ``{"settings", "reference", "nb_samples", "models": {name: evaluate_model(...)}}``.
+        """
+        if not isinstance(classifiers, Mapping):
+            classifiers = {"model": classifiers}
+        if not classifiers:
+            raise ValueError("`classifiers` is empty.")
+        if reference is None and "undefended" in classifiers:
+            reference = "undefended"
+        if reference is not None and reference not in classifiers:
+            raise ValueError(f"`reference` {reference!r} is not one of the classifiers {list(classifiers)}.")
+        if "transfer" in self.attacks and reference is None:
+            raise ValueError("The suite has 'transfer' but there is no reference model: pass `reference=` (the name "
+                             "of the undefended classifier) or drop 'transfer' from `attacks`.")
+        for clf in classifiers.values():
+            _inputs(clf, x[:1], y[:1])
+        transfer = None
+        if "transfer" in self.attacks:
+            transfer = self.transfer_examples(classifiers[reference], x, y)
+        models = {}
+        for name, clf in tqdm(classifiers.items(), desc="models", disable=not self.verbose):
+            models[name] = self.evaluate_model(clf, x, y, transfer, is_reference=name == reference, name=name)
+        return {"settings": self.settings(), "reference": reference, "nb_samples": len(y), "models": models}
+
+    # ------------------------------------------------------------------ output
+
+    @staticmethod
+    def gains(results: Mapping[str, Any]) -> dict[str, dict[str, list[float]]]:
+        """
+        Accuracy gain of every model over the reference, per attack and budget (and ``"noise"`` per sigma).
+
+        :param results: What :meth:`evaluate` returns.
+        :return: ``{model: {attack: [gain per budget]}}``; empty without a reference.
+        """
+        reference = results.get("reference")
+        if reference is None:
+            return {}
+        base = results["models"][reference]
+        out = {}
+        for name, res in results["models"].items():
+            gains = {a: [v - b for v, b in zip(curve, base["accuracy"][a], strict=True)]
+                     for a, curve in res["accuracy"].items()}
+            if "noise_accuracy" in res:
+                gains["noise"] = [v - b for v, b in zip(res["noise_accuracy"], base["noise_accuracy"], strict=True)]
+            out[name] = gains
+        return out
+
+    @classmethod
+    def to_markdown(cls, results: Mapping[str, Any]) -> str:
+        """
+        Markdown tables of the results: accuracy per attack and budget, gains over the reference, noise accuracy,
+        perturbation error, and the gradient-masking findings.
+
+        :param results: What :meth:`evaluate` returns (or the JSON it was saved as).
+        :return: The Markdown text.
+        """
+        settings, models = results["settings"], results["models"]
+        scale = settings.get("scale", 255.0)
+        eps_labels = [_budget_label(e, scale) for e in settings["eps"]]
+        lines = ["# Robustness report\n", f"{results['nb_samples']} test samples; reference (undefended, transfer "
+                 f"source): {results.get('reference') or 'none'}. Accuracies are plain robust accuracies (correct "
+                 f"under attack / all samples); budget 0 is the clean accuracy. PGD: {settings['pgd_max_iter']} steps "
+                 f"of {settings['pgd_step_ratio']:g} eps, {settings['pgd_restarts']} random start(s). Transfer: "
+                 f"{settings['transfer_attack'].upper()} on the reference.\n"]
+        gains = cls.gains(results)
+        for attack in (a for a in settings["attacks"] if a in EPS_ATTACKS):
+            lines.append(f"## {ATTACK_TITLES[attack]}: accuracy vs eps\n")
+            rows = {n: [_fmt(v) for v in r["accuracy"][attack]] for n, r in models.items()}
+            lines.append(_table("model", eps_labels, rows))
+            if gains:
+                lines.append(f"\nGain over {results['reference']}:\n")
+                lines.append(_table("model", eps_labels, {n: [_fmt(v, signed=True) for v in g[attack]]
+                                                          for n, g in gains.items() if n != results["reference"]}))
+            lines.append("")
+        if "noise" in settings["attacks"]:
+            lines.append("## Gaussian noise: accuracy vs sigma\n")
+            sigma_labels = [_budget_label(s, scale) for s in settings["sigmas"]]
+            lines.append(_table("model", sigma_labels, {n: [_fmt(v) for v in r["noise_accuracy"]]
+                                                        for n, r in models.items()}))
+            lines.append("")
+        errors = {n: r["perturbation_error"] for n, r in models.items() if "perturbation_error" in r}
+        if errors:
+            lines.append(f"## Per-layer perturbation error at eps={_budget_label(settings['perturbation_eps'], scale)}"
+                         f" (FGSM)\n")
+            layers = next(iter(errors.values()))["layers"]
+            rows = {layer: [_fmt(e["values"][i]) if e["layers"] == layers else "" for e in errors.values()]
+                    for i, layer in enumerate(layers)}
+            lines.append(_table("layer", list(errors), rows))
+            lines.append("")
+        aucs = {n: r["auc"] for n, r in models.items() if "auc" in r}
+        if aucs:
+            lines.append("## Area under accuracy vs eps (normalized by the eps range)\n")
+            attacks = list(next(iter(aucs.values())))
+            lines.append(_table("model", [ATTACK_TITLES[a] for a in attacks],
+                                {n: [_fmt(a.get(k)) for k in attacks] for n, a in aucs.items()}))
+            lines.append("")
+        extras = {n: r["extra"] for n, r in models.items() if r.get("extra")}
+        if extras:
+            lines.append("## Extra metrics\n")
+            for name, values in extras.items():
+                lines.append(f"- **{name}**: " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in values.items()))
+            lines.append("")
+        lines.append("## Gradient-masking check\n")
+        flagged = {n: r["flags"] for n, r in models.items() if r["flags"]}
+        if not flagged:
+            lines.append(f"No model flagged (tolerance {settings['masking_tolerance']:g}).")
+        for name, flags in flagged.items():
+            lines.append(f"- **{name}**: " + "; ".join(flags))
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def plot(cls, results: Mapping[str, Any], out: str | os.PathLike) -> list[Path]:
+        """
+        Write the PNG plots: accuracy vs eps (one panel per attack), gain over the reference, accuracy vs sigma and
+        per-layer perturbation error.
+
+        :param results: What :meth:`evaluate` returns.
+        :param out: Output directory.
+        :return: The written paths.
+        """
+        plt = _pyplot()
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        settings, models = results["settings"], results["models"]
+        scale = settings.get("scale", 255.0)
+        xs = [e * scale for e in settings["eps"]]
+        xlabel = f"eps (x 1/{scale:g})"
+        attacks = [a for a in settings["attacks"] if a in EPS_ATTACKS]
+        gains = cls.gains(results)
+        colors = {name: f"C{i % 10}" for i, name in enumerate(models)}
+        paths = []
+        panels = [("accuracy_vs_eps.png", "accuracy", False)] + ([("gain_vs_eps.png", "gain", True)] if gains else [])
+        for filename, what, zero in panels:
+            if not attacks:
+                break
+            fig, axes = plt.subplots(1, len(attacks), figsize=(4.2 * len(attacks), 3.4), squeeze=False)
+            for ax, attack in zip(axes[0], attacks, strict=True):
+                if what == "accuracy":
+                    series = {n: (r["accuracy"][attack], None) for n, r in models.items()}
+                else:
+                    series = {n: (g[attack], None) for n, g in gains.items() if n != results["reference"]}
+                plot_curves(ax, xs, series, xlabel, f"{what} (test)", ATTACK_TITLES[attack], zero_line=zero,
+                            colors=colors)
+            fig.tight_layout()
+            paths.append(_save(fig, out / filename, plt))
+        if "noise" in settings["attacks"]:
+            fig, ax = plt.subplots(figsize=(4.6, 3.4))
+            plot_curves(ax, [s * scale for s in settings["sigmas"]],
+                        {n: (r["noise_accuracy"], None) for n, r in models.items()},
+                        f"sigma (x 1/{scale:g})", "accuracy (test)", "Gaussian noise", colors=colors)
+            fig.tight_layout()
+            paths.append(_save(fig, out / "accuracy_vs_sigma.png", plt))
+        errors = {n: r["perturbation_error"] for n, r in models.items() if "perturbation_error" in r}
+        if errors:
+            fig, ax = plt.subplots(figsize=(6, 3.4))
+            plot_curves(ax, list(range(1, len(next(iter(errors.values()))["values"]) + 1)),
+                        {n: (e["values"], None) for n, e in errors.items()}, "hidden layer",
+                        "perturbation error",
+                        f"eps={_budget_label(settings['perturbation_eps'], scale)} (FGSM)", colors=colors,
+                        integer_x=True)
+            fig.tight_layout()
+            paths.append(_save(fig, out / "perturbation_error.png", plt))
+        return paths
+
+    @classmethod
+    def write(cls, results: Mapping[str, Any], out: str | os.PathLike) -> list[Path]:
+        """
+        Write ``report.json``, ``report.md`` (with the plots linked) and the PNG plots to `out`.
+
+        :param results: What :meth:`evaluate` returns.
+        :param out: Output directory.
+        :return: The written paths.
+        """
+        out = Path(out)
+        paths = [write_json(results, out / "report.json")]
+        plots = cls.plot(results, out)
+        text = cls.to_markdown(results) + "\n## Plots\n\n" + "\n\n".join(f"![{p.stem}]({p.name})" for p in plots)
+        md = out / "report.md"
+        md.write_text(text + "\n")
+        return [*paths, md, *plots]
+
+    @classmethod
+    def render(cls, out: str | os.PathLike) -> list[Path]:
+        """
+        Re-render ``report.md`` and the plots from a saved ``report.json``.
+
+        :param out: The directory :meth:`write` wrote to.
+        :return: The written paths.
+        """
+        results = json.loads((Path(out) / "report.json").read_text())
+        return cls.write(results, out)
+
+
+def _normalized_auc(eps: Sequence[float], curve: Sequence[float]) -> float:
+    """Area under accuracy vs eps divided by the eps range (paper 001's AUC: 1 for accuracy 1 everywhere)."""
+    from scipy.integrate import trapezoid
+
+    return float(trapezoid(curve, eps) / (eps[-1] - eps[0])) if eps[-1] > eps[0] else float(curve[0])
+
+
+def _flatten_metric(name: str, value: Any) -> dict[str, Any]:
+    """Keep the numbers of a metric's result: a number as ``name``, a dict's numeric entries as ``name.key``."""
+    if isinstance(value, Mapping):
+        out = {}
+        for key, item in value.items():
+            out.update(_flatten_metric(f"{name}.{key}", item))
+        return out
+    if isinstance(value, (bool, np.bool_)):
+        return {name: bool(value)}
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return {name: _json_safe(value)}
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return {name: _json_safe(value.item())}
+    logger.debug("Dropping the non-scalar entry %s of an extra metric.", name)
+    return {}
+
+
+def _save(fig: Any, path: Path, plt: Any) -> Path:
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _budget_label(value: float | None, scale: float) -> str:
+    if value is None:
+        return "-"
+    scaled = value * scale
+    text = f"{round(scaled, 4):g}"
+    return text if scale == 1 else f"{text}/{scale:g}"
+
+
+def _fmt(value: float | None, signed: bool = False) -> str:
+    if value is None or not math.isfinite(value):
+        return "-"
+    return f"{value:+.3f}" if signed else f"{value:.3f}"
+
+
+def _table(first: str, columns: Sequence[str], rows: Mapping[str, Sequence[str]]) -> str:
+    lines = [f"| {first} | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    lines += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows.items()]
+    return "\n".join(lines)

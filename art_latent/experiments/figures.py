@@ -1,0 +1,97 @@
+"""
+The figures of paper 000 from aggregated benchmark results, with 95 % confidence-interval error bars:
+
+* Fig. 2 / Fig. 4: test accuracy vs FGSM budget and the gain over the undefended model, on ``D`` / ``D_N``
+  (the same pair of panels for every other eps attack of the suite: PGD, transfer, AutoAttack);
+* Fig. 3 / Fig. 5: test accuracy vs Gaussian-noise sigma and the gain, on ``D`` / ``D_N``;
+* Fig. 6: per-layer perturbation error at the FGSM budget of ``perturbation_eps_255``, one panel per pair set.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from art_latent.analysis.report import ATTACK_TITLES, EPS_ATTACKS, _pyplot, plot_curves
+from art_latent.experiments.summary import with_reference
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["write_figures"]
+
+#: Paper 000's figure numbers: (pair set, attack) -> figure.
+PAPER_FIGURES = {("D", "fgsm"): "Fig. 2", ("D", "noise"): "Fig. 3", ("D_N", "fgsm"): "Fig. 4",
+                 ("D_N", "noise"): "Fig. 5"}
+
+
+def _two_panels(plt: Any, xs: list[float], entries: Mapping[str, Any], key: str, gain_key: str, reference: str,
+                xlabel: str, title: str, path: Path, colors: Mapping[str, str]) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.6))
+    plot_curves(axes[0], xs, {n: (e[key]["mean"], e[key]["half_width"]) for n, e in entries.items()},
+                xlabel, "test accuracy", f"(a) {title}", colors=colors)
+    gains = {n: (e["gain"][gain_key]["mean"], e["gain"][gain_key]["half_width"])
+             for n, e in entries.items() if gain_key in e["gain"] and n != reference}  # the reference's gain is 0
+    plot_curves(axes[1], xs, gains, xlabel, f"accuracy gain over {reference}", "(b) gain", zero_line=True,
+                colors=colors)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_figures(config: Mapping[str, Any], aggregated: Mapping[str, Any], out: str | Path) -> list[tuple[str, str]]:
+    """
+    Write the PNG figures of a benchmark run.
+
+    :param config: The configuration dict.
+    :param aggregated: :func:`art_latent.experiments.summary.aggregate`'s output.
+    :param out: The figures directory (created).
+    :return: ``(caption, path relative to the run directory)`` per figure.
+    """
+    plt = _pyplot()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ev, summary = config["evaluation"], aggregated["summary"]
+    reference = ev["reference"]
+    colors = {d["name"]: f"C{i % 10}" for i, d in enumerate(config["defenses"])}  # one color per defense everywhere
+    written: list[tuple[str, str]] = []
+    eps_x, sigma_x = list(ev["eps_255"]), list(ev["sigmas_255"])
+    for pair_set in summary:
+        entries, label = with_reference(summary, pair_set, reference)
+        if not entries:
+            continue
+        colors = {**colors, label: colors.get(reference, "C0")}
+        for attack in (a for a in ev["attacks"] if a in EPS_ATTACKS):
+            path = out / f"accuracy_vs_eps_{attack}_{pair_set}.png"
+            key = f"accuracy_{attack}"
+            data = {n: {key: e["accuracy"][attack], "gain": e["gain"]} for n, e in entries.items()}
+            _two_panels(plt, eps_x, data, key, attack, label, "eps (x 1/255)",
+                        f"{ATTACK_TITLES[attack]}, pair set {pair_set}", path, colors)
+            number = PAPER_FIGURES.get((pair_set, attack))
+            caption = f"{number + ': ' if number else ''}{ATTACK_TITLES[attack]} accuracy vs eps, pair set {pair_set}"
+            written.append((caption, f"{out.name}/{path.name}"))
+        if "noise" in ev["attacks"]:
+            path = out / f"accuracy_vs_sigma_{pair_set}.png"
+            _two_panels(plt, sigma_x, entries, "noise_accuracy", "noise", label, "sigma (x 1/255)",
+                        f"Gaussian noise, pair set {pair_set}", path, colors)
+            number = PAPER_FIGURES.get((pair_set, "noise"))
+            caption = f"{number + ': ' if number else ''}Gaussian-noise accuracy vs sigma, pair set {pair_set}"
+            written.append((caption, f"{out.name}/{path.name}"))
+    with_errors = {p: {n: e for n, e in entries.items() if "perturbation_error" in e} for p, entries in summary.items()}
+    with_errors = {p: entries for p, entries in with_errors.items() if entries}
+    if with_errors:
+        fig, axes = plt.subplots(1, len(with_errors), figsize=(6 * len(with_errors), 3.6), squeeze=False)
+        for ax, (pair_set, entries) in zip(axes[0], with_errors.items(), strict=True):
+            size = len(next(iter(entries.values()))["perturbation_error"]["mean"])
+            plot_curves(ax, list(range(1, size + 1)),
+                        {n: (e["perturbation_error"]["mean"], e["perturbation_error"]["half_width"])
+                         for n, e in entries.items()},
+                        "hidden layer", "perturbation error", f"pair set {pair_set}", colors=colors, integer_x=True)
+        fig.tight_layout()
+        path = out / "perturbation_error.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append((f"Fig. 6: per-layer perturbation error at eps={ev['perturbation_eps_255']:g}/255 (FGSM)",
+                        f"{out.name}/{path.name}"))
+    return written

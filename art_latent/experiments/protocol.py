@@ -1,0 +1,522 @@
+"""
+The k-fold fine-tuning protocol of paper 000 (Schwartz & Ditzler, IJCNN 2021, §IV), driven by an
+:class:`~art_latent.experiments.config.ExperimentConfig`:
+
+1. pool the data set (training and test parts), pre-train the model on a random stratified subset (which is then
+   discarded), with optional early stopping on a held-out part of it;
+2. split the rest into ``folds`` stratified folds (``sklearn.model_selection.StratifiedKFold``);
+3. per fold, draw ``finetune_samples`` benign samples from the fold's training part, fine-tune every defense from the
+   *same* pre-trained weights on the pair set ``D`` (and ``D_N``), and evaluate it on the fold's test part with
+   :class:`~art_latent.analysis.report.RobustnessReport`;
+4. write each fold's results to ``folds/fold_XX.json`` atomically; an interrupted run resumes after the last
+   finished fold.
+
+Every random choice is seeded from the configuration, per fold, so a resumed run produces the same numbers as an
+uninterrupted one (on CPU; timings aside).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from art_latent.analysis.report import write_json
+from art_latent.experiments.config import ExperimentConfig
+from art_latent.experiments.registry import (
+    build_attack,
+    resolve_kwargs,
+    resolve_object,
+    resolve_trainer,
+    trainer_parameters,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Pool", "Splits", "fold_data", "fold_path", "load_pool", "make_classifier", "make_splits", "new_model",
+           "pretrain", "run_benchmark", "run_fold"]
+
+FOLD_DIR = "folds"
+PRETRAINED = "pretrained.pt"
+
+
+@dataclass(frozen=True)
+class Pool:
+    """The data the protocol splits: images ``(N, C, H, W)`` float32 in [0, 1] and int64 labels."""
+
+    x: np.ndarray
+    y: np.ndarray
+    class_names: tuple[str, ...]
+    source: str
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one image."""
+        return tuple(int(d) for d in self.x.shape[1:])
+
+    @property
+    def nb_classes(self) -> int:
+        """Number of classes."""
+        return len(self.class_names)
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Indices into the pool: pre-training (and its validation part) and, per fold, ``(train part, test part)``."""
+
+    pretrain: np.ndarray
+    validation: np.ndarray
+    folds: tuple[tuple[np.ndarray, np.ndarray], ...]
+
+
+def load_pool(config: ExperimentConfig) -> Pool:
+    """
+    Load the data set of ``[data]`` and pool its parts (``"train+test"``, as the paper) or take the training part.
+
+    :param config: The configuration.
+    :return: The pool (optionally a stratified subset of ``limit`` samples).
+    """
+    from sklearn.model_selection import train_test_split
+
+    from art_latent.data import load_dataset
+
+    spec = config.data
+    data = load_dataset(spec.dataset, spec.path or None)
+    if spec.pool == "train+test":
+        x, y = np.concatenate([data.x_train, data.x_test]), np.concatenate([data.y_train, data.y_test])
+    else:
+        x, y = data.x_train, data.y_train
+    if spec.limit and spec.limit < len(y):
+        keep, _ = train_test_split(np.arange(len(y)), train_size=spec.limit, stratify=y, random_state=config.seed)
+        keep = np.sort(keep)
+        x, y = x[keep], y[keep]
+    return Pool(np.ascontiguousarray(x, dtype=np.float32), y.astype(np.int64), tuple(data.class_names), data.source)
+
+
+def make_splits(config: ExperimentConfig, y: np.ndarray) -> Splits:
+    """
+    Draw the pre-training subset and the stratified folds of the rest.
+
+    :param config: The configuration.
+    :param y: Labels of the pool.
+    :return: The splits.
+    :raises ValueError: If the pool is too small for the requested sizes.
+    """
+    from sklearn.model_selection import StratifiedKFold, train_test_split
+
+    n, k = len(y), config.protocol.folds
+    samples = config.pretrain.samples
+    if samples >= n:
+        raise ValueError(f"[pretrain].samples = {samples} leaves nothing of the pool of {n} samples for the folds.")
+    indices = np.arange(n)
+    pretrain_idx, rest = train_test_split(indices, train_size=samples, stratify=y, random_state=config.seed)
+    validation = np.empty(0, dtype=np.int64)
+    fraction = config.pretrain.validation_fraction
+    if fraction > 0:
+        pretrain_idx, validation = train_test_split(pretrain_idx, test_size=fraction, stratify=y[pretrain_idx],
+                                                    random_state=config.seed)
+    counts = np.bincount(y[rest])
+    if counts[counts > 0].min() < k:
+        raise ValueError(f"The {len(rest)} samples left after pre-training have a class with {counts.min()} samples, "
+                         f"fewer than the {k} folds: lower [protocol].folds or [pretrain].samples.")
+    rest = np.sort(rest)
+    folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=config.seed).split(rest, y[rest])
+    return Splits(np.sort(pretrain_idx), np.sort(validation),
+                  tuple((rest[train], rest[test]) for train, test in folds))
+
+
+def fold_data(config: ExperimentConfig, pool: Pool, splits: Splits, fold: int) -> dict[str, np.ndarray]:
+    """
+    The fine-tuning and test data of a fold: ``finetune_samples`` drawn (stratified) from the fold's training part,
+    the test part (capped at ``test_samples``), and the noisy copies of the fine-tuning samples for ``D_N``.
+
+    :param config: The configuration.
+    :param pool: The pool.
+    :param splits: The splits.
+    :param fold: Fold index.
+    :return: ``{"x_ft", "y_ft", "x_noisy", "x_test", "y_test"}``.
+    """
+    from sklearn.model_selection import train_test_split
+
+    train, test = splits.folds[fold]
+    seed = fold_seed(config, fold)
+    n_ft, n_test = config.protocol.finetune_samples, config.protocol.test_samples
+    if n_ft and n_ft < len(train):
+        train, _ = train_test_split(train, train_size=n_ft, stratify=pool.y[train], random_state=seed)
+    if n_test and n_test < len(test):
+        test, _ = train_test_split(test, train_size=n_test, stratify=pool.y[test], random_state=seed)
+    train, test = np.sort(train), np.sort(test)
+    x_ft = pool.x[train]
+    rng = np.random.default_rng(seed)
+    sigma = config.protocol.noise_sigma_255 / 255.0
+    noise = rng.standard_normal(x_ft.shape).astype(np.float32) * np.float32(sigma)
+    x_noisy = np.clip(x_ft + noise, 0.0, 1.0).astype(np.float32)
+    return {"x_ft": x_ft, "y_ft": pool.y[train], "x_noisy": x_noisy, "x_test": pool.x[test], "y_test": pool.y[test]}
+
+
+def fold_seed(config: ExperimentConfig, fold: int) -> int:
+    """The seed of everything random in a fold (data draws, noise, shuffling, attacks' random starts)."""
+    return config.seed + 1 + fold
+
+
+def _seed_everything(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+
+def new_model(config: ExperimentConfig, pool: Pool) -> Any:
+    """
+    Build the model of ``[model]`` for the pool's input shape and classes.
+
+    :param config: The configuration.
+    :param pool: The pool.
+    :return: A ``torch.nn.Module``.
+    """
+    from art_latent.models import build_model
+
+    spec = config.model
+    if ":" in spec.name:
+        return resolve_object(spec.name)(**spec.kwargs)
+    kwargs = {"in_channels": pool.input_shape[0], "num_classes": pool.nb_classes, "input_size": pool.input_shape[1],
+              **spec.kwargs}
+    return build_model(spec.name, **kwargs)
+
+
+def make_classifier(config: ExperimentConfig, model: Any, pool: Pool) -> Any:
+    """
+    Wrap `model` in a :class:`~art_latent.estimator.LatentClassifier` with a fresh optimizer of ``[optimizer]``.
+
+    :param config: The configuration.
+    :param model: The network.
+    :param pool: The pool (input shape, classes).
+    :return: The classifier.
+    """
+    import torch
+
+    from art_latent.estimator import LatentClassifier
+
+    spec = config.optimizer
+    optimizer = getattr(torch.optim, spec.name)(model.parameters(), lr=spec.lr, **spec.kwargs)
+    return LatentClassifier(model, torch.nn.CrossEntropyLoss(), pool.input_shape, pool.nb_classes,
+                            optimizer=optimizer, clip_values=(0.0, 1.0), device_type=config.device,
+                            layers=config.model.layers)
+
+
+def pretrain(
+    config: ExperimentConfig, pool: Pool, splits: Splits, out: Path | None = None, verbose: bool = True
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """
+    Pre-train the model on the pre-training subset (plain cross-entropy), or load the weights a previous run with
+    the same data, model, optimizer, pre-training settings and seed saved in ``out/pretrained.pt``.
+
+    With ``patience > 0`` training stops when the validation loss has not improved for ``patience`` epochs (the
+    paper: 100 epochs of stagnation, at most 1000 epochs); the weights of the best validation loss are kept.
+
+    :param config: The configuration.
+    :param pool: The pool.
+    :param splits: The splits.
+    :param out: Run directory for the cached weights (``None``: no cache).
+    :param verbose: Progress bars.
+    :return: ``(state_dict on the CPU, info)`` with info ``{"epochs", "best_epoch", "history", "seconds"}``.
+    """
+    import torch
+
+    from art_latent.trainers.base import LatentTrainer
+
+    digest = config.digest("seed", "device", "data", "model", "optimizer", "pretrain")
+    path = None if out is None else Path(out) / PRETRAINED
+    if path is not None and path.exists():
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        if saved.get("digest") == digest:
+            logger.info("Loaded the pre-trained weights from %s.", path)
+            return saved["state_dict"], saved["info"]
+        logger.info("%s was made with other settings: pre-training again.", path)
+    started = time.perf_counter()
+    _seed_everything(config.seed)
+    model = new_model(config, pool)
+    clf = make_classifier(config, model, pool)
+    spec = config.pretrain
+    validation = None
+    if len(splits.validation):
+        validation = (pool.x[splits.validation], pool.y[splits.validation])
+    best: dict[str, Any] = {"loss": float("inf"), "epoch": 0, "state": None, "wait": 0}
+
+    def keep_best(_trainer: Any, epoch: int, logs: dict[str, float]) -> bool:
+        if validation is None:
+            return False
+        if logs["val_loss"] < best["loss"]:
+            best.update(loss=logs["val_loss"], epoch=epoch + 1, wait=0,
+                        state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+        else:
+            best["wait"] += 1
+        return bool(spec.patience) and best["wait"] >= spec.patience
+
+    if verbose:
+        print(f"Pre-training {config.model.name} on {len(splits.pretrain)} samples for up to {spec.epochs} epochs")
+    trainer = LatentTrainer(clf, seed=config.seed)
+    history = trainer.fit(pool.x[splits.pretrain], pool.y[splits.pretrain], validation_data=validation,
+                          batch_size=spec.batch_size, nb_epochs=spec.epochs, callbacks=[keep_best], verbose=verbose)
+    state = best["state"] or {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    info = {"epochs": len(history), "best_epoch": best["epoch"] or len(history),
+            "history": [{k: v for k, v in h.items() if k != "time_s"} for h in history],
+            "seconds": time.perf_counter() - started}
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({"digest": digest, "state_dict": state, "info": info}, tmp)
+        tmp.replace(path)
+    return state, info
+
+
+def _order_jobs(config: ExperimentConfig) -> list[tuple[str, Any]]:
+    """Every (pair set, defense) job, the reference first (its model is the transfer attack's source)."""
+    jobs = [(p, d) for p in config.protocol.pair_sets for d in config.defenses if p in config.pair_sets_of(d)]
+    reference = config.evaluation.reference
+    first = next(i for i, (_, d) in enumerate(jobs) if d.name == reference)
+    return [jobs[first]] + jobs[:first] + jobs[first + 1 :]
+
+
+def make_report(config: ExperimentConfig, seed: int, verbose: bool = False) -> Any:
+    """
+    The :class:`~art_latent.analysis.report.RobustnessReport` of ``[evaluation]``.
+
+    :param config: The configuration.
+    :param seed: Seed of the random starts and noise.
+    :param verbose: Progress bars.
+    :return: The report.
+    """
+    from art_latent.analysis.report import RobustnessReport
+
+    ev = config.evaluation
+    extra = {}
+    for metric in ev.extra_metrics:
+        fn, kwargs = resolve_object(metric.function), dict(metric.kwargs)
+        extra[metric.name] = (lambda f, kw: lambda clf, x, y: f(clf, x, y, **kw))(fn, kwargs)
+    return RobustnessReport(
+        attacks=ev.attacks, eps_list=[e / 255 for e in ev.eps_255], sigma_list=[s / 255 for s in ev.sigmas_255],
+        pgd_max_iter=ev.pgd_max_iter, pgd_step_ratio=ev.pgd_step_ratio, pgd_restarts=ev.pgd_restarts,
+        transfer_attack=ev.transfer_attack, autoattack_kwargs=ev.autoattack_kwargs,
+        perturbation_eps=ev.perturbation_eps_255 / 255 if ev.perturbation_eps_255 > 0 else None,
+        extra_metrics=extra, masking_tolerance=ev.masking_tolerance, batch_size=ev.batch_size, seed=seed,
+        scale=255.0, verbose=verbose,
+    )
+
+
+def _describe_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in kwargs.items():
+        if isinstance(value, (bool, int, float, str)) or value is None:
+            out[key] = value
+        elif isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value):
+            out[key] = list(value)
+        else:
+            out[key] = type(value).__name__
+    return out
+
+
+def run_job(
+    config: ExperimentConfig,
+    defense: Any,
+    pair_set: str,
+    pool: Pool,
+    pretrained: dict[str, Any],
+    data: dict[str, np.ndarray],
+    seed: int,
+    verbose: bool = False,
+) -> tuple[Any, dict[str, Any]]:
+    """
+    Fine-tune one defense on one pair set from the pre-trained weights.
+
+    How the pair set reaches the trainer: a trainer whose constructor takes ``budgets`` builds its pairs itself and
+    gets the protocol's budgets (and ``noise_sigma`` for ``D_N`` when it takes one) with the benign samples; any
+    other trainer gets the members of the pairs it can use: the benign sample of every adversarial pair (so each
+    sample ``len(budgets)`` times, the same number of steps per epoch) and, for ``D_N``, the noisy sample of every
+    noise pair. A trainer taking an ``attack`` gets the ART attack of ``[attack]`` (or the defense's own), built
+    on the model being fine-tuned; one taking ``seed`` gets the fold's seed. Keyword arguments in the
+    configuration take precedence.
+
+    :param config: The configuration.
+    :param defense: The :class:`~art_latent.experiments.config.DefenseSpec`.
+    :param pair_set: ``"D"`` or ``"D_N"``.
+    :param pool: The pool.
+    :param pretrained: The pre-trained ``state_dict``.
+    :param data: :func:`fold_data`'s output.
+    :param seed: The fold's seed.
+    :param verbose: Progress bars.
+    :return: ``(the defended classifier, training record)``.
+    """
+    cls = resolve_trainer(defense.trainer)
+    _seed_everything(seed)
+    model = new_model(config, pool)
+    model.load_state_dict(pretrained)
+    clf = make_classifier(config, model, pool)
+    params, _ = trainer_parameters(cls)
+    kwargs = resolve_kwargs(defense.kwargs, {"in_channels": pool.input_shape[0], "clip_values": (0.0, 1.0),
+                                             "device_type": config.device})
+    budgets = [b / 255 for b in config.protocol.budgets_255]
+    x, y = data["x_ft"], data["y_ft"]
+    if "budgets" in params:
+        kwargs.setdefault("budgets", budgets)
+        pairs = 1 if kwargs["budgets"] is None else len(kwargs["budgets"])  # None: the attack's own eps
+    else:
+        x, y = np.concatenate([x] * len(budgets)), np.concatenate([y] * len(budgets))
+        pairs = len(budgets)
+    if pair_set == "D_N":
+        pairs += 1
+        if "noise_sigma" in params:
+            kwargs.setdefault("noise_sigma", config.protocol.noise_sigma_255 / 255)
+        else:
+            x, y = np.concatenate([x, data["x_noisy"]]), np.concatenate([y, data["y_ft"]])
+    if "attack" in params and "attack" not in kwargs:
+        kwargs["attack"] = build_attack(defense.attack or config.attack, clf, config.evaluation.batch_size)
+    if "seed" in params:
+        kwargs.setdefault("seed", seed)
+    trainer = cls(clf, **kwargs)
+    fit_params = inspect.signature(trainer.fit).parameters
+    fit_kwargs: dict[str, Any] = {"batch_size": config.protocol.batch_size,
+                                  "nb_epochs": defense.epochs or config.protocol.epochs}
+    if "verbose" in fit_params:
+        fit_kwargs["verbose"] = verbose
+    started = time.perf_counter()
+    trainer.fit(x, y, **fit_kwargs)
+    seconds = time.perf_counter() - started
+    nb_pairs = len(data["y_ft"]) * pairs
+    history = getattr(trainer, "history", None) or []
+    record = {
+        "trainer": cls.__name__,
+        "kwargs": _describe_kwargs(kwargs),
+        "epochs": fit_kwargs["nb_epochs"],
+        "train_size": len(y),
+        "pairs": nb_pairs,
+        "final": {k: v for k, v in history[-1].items() if k not in ("time_s", "lr")} if history else {},
+        "fit_seconds": seconds,
+        "ms_per_sample": 1000.0 * seconds / (fit_kwargs["nb_epochs"] * nb_pairs),
+    }
+    get = getattr(trainer, "get_classifier", None)
+    return (get() if callable(get) else clf), record
+
+
+def run_fold(
+    config: ExperimentConfig, fold: int, pool: Pool, splits: Splits, pretrained: dict[str, Any], verbose: bool = True
+) -> dict[str, Any]:
+    """
+    Run one fold: fine-tune every (pair set, defense) job from the pre-trained weights and evaluate it on the fold's
+    test part.
+
+    :param config: The configuration.
+    :param fold: Fold index.
+    :param pool: The pool.
+    :param splits: The splits.
+    :param pretrained: The pre-trained ``state_dict``.
+    :param verbose: Progress bars.
+    :return: The fold's results (what ``folds/fold_XX.json`` holds).
+    """
+    from tqdm.auto import tqdm
+
+    started = time.perf_counter()
+    seed = fold_seed(config, fold)
+    data = fold_data(config, pool, splits, fold)
+    report = make_report(config, seed, verbose)
+    reference = config.evaluation.reference
+    transfer = None
+    results: dict[str, dict[str, Any]] = {p: {} for p in config.protocol.pair_sets}
+    jobs = _order_jobs(config)
+    for pair_set, defense in tqdm(jobs, desc=f"fold {fold + 1}", disable=not verbose, unit="defense"):
+        logger.info("Fold %d: fine-tuning %s on %s.", fold + 1, defense.name, pair_set)
+        clf, record = run_job(config, defense, pair_set, pool, pretrained, data, seed, verbose=verbose)
+        is_reference = defense.name == reference and transfer is None
+        if is_reference and "transfer" in report.attacks:
+            transfer = report.transfer_examples(clf, data["x_test"], data["y_test"])
+        _seed_everything(seed)
+        evaluation = report.evaluate_model(clf, data["x_test"], data["y_test"], transfer,
+                                           is_reference=defense.name == reference, name=defense.name)
+        timing = evaluation.pop("timing")
+        timing.update(fit_seconds=record.pop("fit_seconds"), ms_per_sample=record.pop("ms_per_sample"))
+        results[pair_set][defense.name] = {**evaluation, "training": record, "timing": timing}
+    return {
+        "fold": fold,
+        "seed": seed,
+        "config_digest": config.digest(),
+        "sizes": {"finetune": len(data["y_ft"]), "test": len(data["y_test"]), "pretrain": len(splits.pretrain)},
+        "results": results,
+        "timing": {"fold_seconds": time.perf_counter() - started},
+    }
+
+
+def fold_path(out: str | Path, fold: int) -> Path:
+    """Where fold `fold`'s results are written."""
+    return Path(out) / FOLD_DIR / f"fold_{fold:02d}.json"
+
+
+def _finished(out: Path, fold: int, digest: str) -> bool:
+    path = fold_path(out, fold)
+    if not path.exists():
+        return False
+    try:
+        saved = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        logger.warning("%s is unreadable: running fold %d again.", path, fold + 1)
+        return False
+    if saved.get("config_digest") != digest:
+        raise ValueError(
+            f"{path} was computed with another configuration (digest {saved.get('config_digest')}, now {digest}): "
+            "use a new output directory, or restart (`--restart`) to discard the finished folds."
+        )
+    return True
+
+
+def run_benchmark(
+    config: ExperimentConfig, out: str | Path, resume: bool = True, verbose: bool = True
+) -> dict[str, Any]:
+    """
+    Run the protocol and write the results, figures and ``report.md`` to `out`.
+
+    Layout of `out`: ``config.json`` (the resolved configuration and its digest), ``config.toml`` (a copy of the
+    file), ``pretrained.pt``, ``folds/fold_XX.json`` (one per finished fold, written atomically), ``results.json``
+    (means and confidence intervals), ``figures/*.png`` and ``report.md``.
+
+    :param config: The configuration.
+    :param out: Output directory.
+    :param resume: Skip the folds already finished in `out` (they must come from the same configuration); with
+                   `False` previous fold results and pre-trained weights in `out` are discarded.
+    :param verbose: Progress bars and messages.
+    :return: The aggregated results (what ``results.json`` holds).
+    """
+    from art_latent.experiments.summary import render_report
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    digest = config.digest()
+    if not resume:
+        shutil.rmtree(out / FOLD_DIR, ignore_errors=True)
+        (out / PRETRAINED).unlink(missing_ok=True)
+    nb_folds = config.nb_folds_to_run
+    pending = [k for k in range(nb_folds) if not _finished(out, k, digest)]
+    write_json({"config": config.to_dict(), "digest": digest}, out / "config.json")
+    if config.source and Path(config.source).is_file():
+        shutil.copyfile(config.source, out / "config.toml")
+    if pending:
+        started = time.perf_counter()
+        pool = load_pool(config)
+        splits = make_splits(config, pool.y)
+        pretrained, info = pretrain(config, pool, splits, out, verbose)
+        write_json({k: v for k, v in info.items()}, out / "pretrain.json")
+        if verbose:
+            done = nb_folds - len(pending)
+            print(f"Running {len(pending)} fold(s) of {config.protocol.folds}" + (f" ({done} finished before)"
+                                                                                  if done else ""))
+        for fold in pending:
+            result = run_fold(config, fold, pool, splits, pretrained, verbose)
+            write_json(result, fold_path(out, fold))
+            logger.info("Fold %d finished in %.0f s.", fold + 1, result["timing"]["fold_seconds"])
+        logger.info("%d fold(s) in %.0f s.", len(pending), time.perf_counter() - started)
+    return render_report(out)

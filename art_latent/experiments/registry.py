@@ -1,0 +1,259 @@
+"""
+Resolve trainers, attacks and functions named in a configuration, and build a trainer for one fine-tuning job.
+
+Trainers are looked up by class name, so trainers added to the package later are found without changes here:
+``art_latent.trainers`` first, then ``art_latent.defences``, then their submodules (for classes not yet exported),
+or a full ``"package.module:Class"`` path.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import pkgutil
+import re
+from collections.abc import Mapping
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TRAINER_PACKAGES", "build_attack", "check_kwarg_values", "check_trainer_kwargs", "resolve_attack",
+           "resolve_class", "resolve_kwargs", "resolve_object", "resolve_trainer", "trainer_parameters"]
+
+TRAINER_PACKAGES = ("art_latent.trainers", "art_latent.defences")
+#: Fill-ins for objects built from ``{object = ...}`` specifications, when their constructor takes them.
+CONTEXT_KEYS = ("in_channels", "clip_values", "device_type")
+_PER_255 = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*/\s*255\s*$")
+
+
+def resolve_object(path: str) -> Any:
+    """
+    Import ``"package.module:attribute"`` (nested attributes with dots).
+
+    :param path: The path.
+    :return: The object.
+    :raises ValueError: If `path` has no ``:``.
+    :raises ImportError: If the module cannot be imported.
+    :raises AttributeError: If the attribute does not exist.
+    """
+    if ":" not in path:
+        raise ValueError(f"{path!r} is not of the form 'package.module:attribute'.")
+    module_name, _, attribute = path.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _is_trainer(obj: Any) -> bool:
+    return isinstance(obj, type) and callable(getattr(obj, "fit", None))
+
+
+def resolve_class(name: str, what: str = "class", accept: Any = None) -> type:
+    """
+    Find a class by name: ``getattr`` on ``art_latent.trainers``, then ``art_latent.defences``, then each of their
+    submodules (classes not exported yet); or import ``"package.module:Class"``.
+
+    :param name: The class name or path.
+    :param what: What is looked for, for messages.
+    :param accept: Predicate the class must satisfy (default: any class).
+    :return: The class.
+    :raises ValueError: If no such class exists.
+    """
+    accept = accept or (lambda obj: isinstance(obj, type))
+    if ":" in name:
+        try:
+            obj = resolve_object(name)
+        except (ImportError, AttributeError) as error:
+            raise ValueError(f"Cannot import {what} {name!r}: {error}") from error
+        if not accept(obj):
+            raise ValueError(f"{name!r} is not a {what}.")
+        return obj
+    searched = []
+    for package_name in TRAINER_PACKAGES:
+        try:
+            package = importlib.import_module(package_name)
+        except ImportError:
+            continue
+        searched.append(package_name)
+        obj = getattr(package, name, None)
+        if accept(obj):
+            return obj
+    for package_name in searched:
+        package = importlib.import_module(package_name)
+        for info in pkgutil.iter_modules(getattr(package, "__path__", []), prefix=f"{package_name}."):
+            try:
+                module = importlib.import_module(info.name)
+            except Exception as error:  # another module being broken must not hide the one we look for
+                logger.debug("Could not import %s while looking for %s: %s", info.name, name, error)
+                continue
+            obj = getattr(module, name, None)
+            if accept(obj):
+                return obj
+    raise ValueError(f"Unknown {what} {name!r}: not found in {', '.join(TRAINER_PACKAGES)} or their submodules; "
+                     "give a class name such as 'HLDRTrainer' or a path 'package.module:Class'.")
+
+
+def resolve_trainer(name: str) -> type:
+    """
+    Find a trainer class by name (see :func:`resolve_class`).
+
+    :param name: A class name (``"HLDRTrainer"``), looked up with ``getattr`` on ``art_latent.trainers``, then
+                 ``art_latent.defences``, then each of their submodules; or ``"package.module:Class"``.
+    :return: The class (anything with a ``fit`` method, e.g. an ART ``Trainer``).
+    :raises ValueError: If no such trainer exists.
+    """
+    return resolve_class(name, "trainer class (a class with a `fit` method)", _is_trainer)
+
+
+def _is_object_spec(value: Any) -> bool:
+    return isinstance(value, Mapping) and "object" in value
+
+
+def check_kwarg_values(kwargs: Mapping[str, Any]) -> None:
+    """
+    Check the values of a trainer's keyword arguments before any work: every ``{object = "Class", kwargs = {...}}``
+    specification must name an existing class and have no other keys.
+
+    :param kwargs: The keyword arguments from the configuration.
+    :raises ValueError: Naming the offending argument.
+    """
+    for key, value in kwargs.items():
+        if _is_object_spec(value):
+            unknown = sorted(set(value) - {"object", "kwargs"})
+            if unknown:
+                raise ValueError(f"`{key}`: an object specification takes the keys 'object' and 'kwargs', "
+                                 f"not {unknown}.")
+            if not isinstance(value.get("kwargs", {}), Mapping):
+                raise ValueError(f"`{key}.kwargs` must be a table.")
+            try:
+                resolve_class(str(value["object"]))
+            except ValueError as error:
+                raise ValueError(f"`{key}`: {error}") from error
+            check_kwarg_values(value.get("kwargs", {}))
+
+
+def resolve_kwargs(kwargs: Mapping[str, Any], context: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """
+    Turn configuration values into constructor arguments: strings ``"N/255"`` become ``N / 255``, and tables
+    ``{object = "Class", kwargs = {...}}`` become ``Class(**kwargs)`` (the class looked up as trainers are; its
+    ``in_channels``, ``clip_values`` and ``device_type`` filled from `context` when it takes them and they are not
+    given), recursively.
+
+    :param kwargs: The configuration's keyword arguments.
+    :param context: Values for ``in_channels``, ``clip_values``, ``device_type``.
+    :return: The arguments.
+    """
+    context = dict(context or {})
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, str) and _PER_255.match(value):
+            return float(_PER_255.match(value).group(1)) / 255.0
+        if _is_object_spec(value):
+            cls = resolve_class(str(value["object"]))
+            args = resolve_kwargs(value.get("kwargs", {}), context)
+            accepted = inspect.signature(cls).parameters
+            for key in CONTEXT_KEYS:
+                if key in accepted and key not in args and key in context:
+                    args[key] = context[key]
+            return cls(**args)
+        if isinstance(value, list):
+            return [convert(v) for v in value]
+        if isinstance(value, Mapping):
+            return {k: convert(v) for k, v in value.items()}
+        return value
+
+    return {key: convert(value) for key, value in kwargs.items()}
+
+
+def resolve_attack(name: str) -> type:
+    """
+    Find an ART evasion attack class: a name in ``art.attacks.evasion`` or ``"package.module:Class"``.
+
+    :param name: The name.
+    :return: The class.
+    :raises ValueError: If it is not an ART ``EvasionAttack`` subclass.
+    """
+    from art.attacks.attack import EvasionAttack
+
+    if ":" in name:
+        try:
+            obj = resolve_object(name)
+        except (ImportError, AttributeError) as error:
+            raise ValueError(f"Cannot import attack {name!r}: {error}") from error
+    else:
+        import art.attacks.evasion
+
+        obj = getattr(art.attacks.evasion, name, None)
+    if not (isinstance(obj, type) and issubclass(obj, EvasionAttack)):
+        raise ValueError(f"{name!r} is not an ART evasion attack (e.g. 'FastGradientMethod', "
+                         "'ProjectedGradientDescent', or 'package.module:Class').")
+    return obj
+
+
+def trainer_parameters(cls: type) -> tuple[dict[str, inspect.Parameter], bool]:
+    """
+    The keyword parameters a trainer's constructor accepts, following ``**kwargs`` into
+    :class:`~art_latent.trainers.base.LatentTrainer` for its subclasses.
+
+    :param cls: The trainer class.
+    :return: ``(parameters by name, accepts any keyword)``.
+    """
+    from art_latent.trainers.base import LatentTrainer
+
+    params = dict(inspect.signature(cls.__init__).parameters)
+    params.pop("self", None)
+    var_keyword = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    params = {k: p for k, p in params.items()
+              if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+    if var_keyword and issubclass(cls, LatentTrainer) and cls is not LatentTrainer:
+        base = dict(inspect.signature(LatentTrainer.__init__).parameters)
+        base.pop("self", None)
+        for key, param in base.items():
+            params.setdefault(key, param)
+        var_keyword = False
+    return params, var_keyword
+
+
+def check_trainer_kwargs(cls: type, kwargs: Mapping[str, Any]) -> None:
+    """
+    Check that `cls` accepts every key of `kwargs` (before any work).
+
+    :param cls: The trainer class.
+    :param kwargs: Keyword arguments from the configuration.
+    :raises TypeError: Naming the unknown keys and the accepted ones.
+    """
+    params, any_keyword = trainer_parameters(cls)
+    if any_keyword:
+        return
+    first = next(iter(params), None)  # the classifier, given by the protocol
+    unknown = sorted(set(kwargs) - set(params))
+    if first in kwargs:
+        unknown.append(first)
+    if unknown:
+        accepted = [k for k in params if k != first]
+        raise TypeError(f"{cls.__name__} does not accept {unknown}; accepted keyword arguments: {accepted}.")
+
+
+def build_attack(spec: Any, classifier: Any, batch_size: int = 256) -> Any:
+    """
+    Build the ART attack of an :class:`~art_latent.experiments.config.AttackSpec` on `classifier`.
+
+    :param spec: The attack specification (``name``, ``eps_255``, ``eps_step_255``, ``kwargs``).
+    :param classifier: The estimator to attack.
+    :param batch_size: The attack's ``batch_size`` unless its ``kwargs`` set one.
+    :return: The attack.
+    """
+    cls = resolve_attack(spec.name)
+    kwargs = dict(spec.kwargs)
+    accepted = inspect.signature(cls.__init__).parameters
+    if "eps" in accepted:
+        kwargs.setdefault("eps", spec.eps_255 / 255.0)
+    if spec.eps_step_255 is not None:
+        kwargs.setdefault("eps_step", spec.eps_step_255 / 255.0)
+    if "batch_size" in accepted:
+        kwargs.setdefault("batch_size", batch_size)
+    if "verbose" in accepted:
+        kwargs.setdefault("verbose", False)
+    return cls(classifier, **kwargs)
