@@ -38,8 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quiet", action="store_true", help="No progress bars.")
     from art_latent.experiments_cli import add_benchmark_parsers
+    from art_latent.lsa_cli import add_lsa_parser
 
     add_benchmark_parsers(sub)
+    add_lsa_parser(sub)
     return parser
 
 
@@ -64,6 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_table(results))
         print(f"\nWrote {', '.join(results['files'])} in {results['seconds']:.0f} s")
         return 0
+    if args.command == "lsa":
+        from art_latent.lsa_cli import main_lsa
+
+        return main_lsa(args)
     return args.handler(args)
 
 

@@ -12,6 +12,7 @@ from art_latent.analysis.curves import (
     predict_labels,
 )
 from art_latent.analysis.deepfool_metrics import accuracy_at_eps_ref, eps_ref, rho2
+from art_latent.analysis.lsa import LayerSustainabilityAnalysis, LSAResult, learnable_layers, rg_score
 from art_latent.analysis.metrics import accuracy, accuracy_vs_eps, robust_accuracy
 from art_latent.analysis.report import RobustnessReport, gradient_masking_flags
 from art_latent.analysis.representation import (
@@ -23,11 +24,14 @@ from art_latent.analysis.representation import (
 
 __all__ = [
     "ConfidenceInterval",
+    "LSAResult",
+    "LayerSustainabilityAnalysis",
     "RobustnessReport",
     "accuracy",
     "accuracy_under_perturbation",
     "accuracy_vs_noise",
     "gradient_masking_flags",
+    "learnable_layers",
     "mean_confidence_interval",
     "perturbation_error",
     "predict_labels",
@@ -37,6 +41,7 @@ __all__ = [
     "eps_ref",
     "representation_dimensionality",
     "representation_sensitivity",
+    "rg_score",
     "rho2",
     "robust_accuracy",
     "robust_accuracy_auc",

@@ -1,0 +1,502 @@
+"""
+Layer Sustainability Analysis (LSA) of paper 004 (Khalooei et al.): per-layer relative error of the representations
+of clean and perturbed inputs, and the list of most vulnerable layers (MVL) that AT-LR regularizes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from art.estimators.classification.pytorch import PyTorchClassifier
+from tqdm.auto import tqdm
+
+from art_latent.estimator import LatentClassifier
+from art_latent.layers import _LEARNABLE_TYPES, LayerSpec, trace_execution_order
+from art_latent.perturbations import (
+    Budget,
+    GaussianNoiseSource,
+    PerturbationSource,
+    _make_generator,
+    as_perturbation_source,
+)
+from art_latent.regularizers.relative_error import relative_error
+from art_latent.utils import preserve_mode
+from art_latent.validation import check_data, check_int, check_range
+
+logger = logging.getLogger(__name__)
+
+NOISE_KINDS = ("gaussian", "salt", "pepper", "s&p", "speckle")
+DEFAULT_ETA = 0.5
+
+
+class NoiseSource(PerturbationSource):
+    """
+    The statistical perturbations of LSA (paper 004, §4.1.3): Gaussian, salt, pepper, salt-and-pepper and speckle
+    noise, on device. Defaults are those of ``skimage.util.random_noise`` (the "default parameters" of the paper):
+
+    * ``"gaussian"``: :math:`x + n`, :math:`n \\sim \\mathcal{N}(\\text{mean}, \\text{var})`, var = 0.01;
+    * ``"speckle"``: :math:`x + x\\,n`, same :math:`n`;
+    * ``"salt"`` / ``"pepper"``: each entry is set, with probability ``amount`` = 0.05, to the top (salt) or the
+      bottom (pepper) of ``clip_values`` (1 and 0 without clip values);
+    * ``"s&p"``: salt or pepper with probability ``amount``, salt with probability ``salt_vs_pepper`` among them.
+
+    The result is clipped to ``clip_values`` when given (as skimage clips to the image range).
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        var: float = 0.01,
+        mean: float = 0.0,
+        amount: float = 0.05,
+        salt_vs_pepper: float = 0.5,
+        clip_values: tuple[float, float] | None = (0.0, 1.0),
+        generator: torch.Generator | int | None = None,
+    ) -> None:
+        """
+        :param kind: One of ``"gaussian"``, ``"salt"``, ``"pepper"``, ``"s&p"``, ``"speckle"``.
+        :param var: Variance of the Gaussian / speckle noise (> 0).
+        :param mean: Mean of the Gaussian / speckle noise.
+        :param amount: Fraction of entries replaced by salt / pepper, in [0, 1].
+        :param salt_vs_pepper: Fraction of salt among the replaced entries of ``"s&p"``, in [0, 1].
+        :param clip_values: ``(min, max)`` of the inputs (scalars), or ``None``.
+        :param generator: ``torch.Generator`` or integer seed for the draws; ``None`` uses torch's global one.
+        """
+        kind = str(kind).lower()
+        if kind not in NOISE_KINDS:
+            raise ValueError(f"Noise `kind` must be one of {NOISE_KINDS}, got {kind!r}.")
+        self.kind = kind
+        self.var = check_range("var", var, 0.0, math.inf, low_open=True, high_open=True)
+        self.mean = check_range("mean", mean, -math.inf, math.inf, low_open=True, high_open=True)
+        self.amount = check_range("amount", amount, 0.0, 1.0)
+        self.salt_vs_pepper = check_range("salt_vs_pepper", salt_vs_pepper, 0.0, 1.0)
+        if clip_values is not None:
+            low, high = (float(np.min(clip_values[0])), float(np.max(clip_values[1])))
+            if not low < high:
+                raise ValueError(f"`clip_values` must be (min, max) with min < max, got {clip_values!r}.")
+            self.clip_values: tuple[float, float] | None = (low, high)
+        else:
+            self.clip_values = None
+        self.generator = _make_generator(generator)
+
+    def __repr__(self) -> str:
+        if self.kind in ("gaussian", "speckle"):
+            return f"NoiseSource({self.kind!r}, var={self.var}, mean={self.mean})"
+        return f"NoiseSource({self.kind!r}, amount={self.amount})"
+
+    def _draw(self, shape: tuple[int, ...], like: torch.Tensor, normal: bool) -> torch.Tensor:
+        sampler = torch.randn if normal else torch.rand
+        if self.generator is None:
+            return sampler(shape, dtype=like.dtype, device=like.device)
+        return sampler(shape, dtype=like.dtype, device=self.generator.device, generator=self.generator).to(like.device)
+
+    def generate(self, x: torch.Tensor, y: torch.Tensor | None = None, eps: Budget | None = None) -> torch.Tensor:
+        """
+        Perturb a batch.
+
+        :param x: Inputs ``(B, ...)``.
+        :param y: Unused.
+        :param eps: Not supported (statistical noise has no budget); must be ``None``.
+        :return: Detached noisy inputs.
+        """
+        if eps is not None:
+            raise ValueError(f"{self!r} has no budget: `eps` must be None.")
+        x = x.detach()
+        low, high = self.clip_values if self.clip_values is not None else (0.0, 1.0)
+        shape = tuple(x.shape)
+        if self.kind in ("gaussian", "speckle"):
+            noise = self.mean + math.sqrt(self.var) * self._draw(shape, x, normal=True)
+            out = x + noise if self.kind == "gaussian" else x + x * noise
+            return out.clamp(low, high) if self.clip_values is not None else out
+        flip = self._draw(shape, x, normal=False) < self.amount
+        if self.kind == "salt":
+            return torch.where(flip, torch.full_like(x, high), x)
+        if self.kind == "pepper":
+            return torch.where(flip, torch.full_like(x, low), x)
+        salt = self._draw(shape, x, normal=False) < self.salt_vs_pepper
+        values = torch.where(salt, torch.full_like(x, high), torch.full_like(x, low))
+        return torch.where(flip, values, x)
+
+
+def learnable_layers(classifier: LatentClassifier, include_logits: bool = False) -> list[str]:
+    """
+    The "learnable layers" of paper 004: every conv/linear layer, measured at its activation output.
+
+    This is the ``"auto"`` rule of :func:`art_latent.layers.auto_layers` (a conv/linear module extended over the
+    normalization and activation modules that follow it), which, like the authors' LSA code (hooks on the ReLU/ELU
+    modules), leaves out the logits layer; `include_logits` appends it (its raw output).
+
+    :param classifier: The classifier.
+    :param include_logits: Also measure the logits layer.
+    :return: Qualified module names in execution order.
+    """
+    names = classifier._resolve("auto")
+    if include_logits:
+        example, _ = classifier._apply_preprocessing(classifier._example_input(), y=None, fit=False, no_grad=True)
+        modules = dict(classifier.model.named_modules())
+        order = trace_execution_order(classifier.model, example)
+        learnable = [n for n in order if isinstance(modules[n], _LEARNABLE_TYPES)]
+        names.append(learnable[-1])
+    return names
+
+
+@dataclass
+class LSAResult:
+    """
+    The relative errors of one LSA run: ``errors[p]`` is an ``(M, L)`` array, the relative error
+    :math:`CM(\\phi_l(x_m), \\phi_l(\\hat x_m))` of sample ``m`` at layer ``l`` under perturbation ``p``.
+
+    Statistics are per perturbation (``perturbation=None``: the first one, e.g. the attack):
+
+    * :meth:`layer_mean` / :meth:`layer_std`: mean and standard deviation over the samples, per layer;
+    * :meth:`mu` / :meth:`sigma`: mean and (population) standard deviation over all samples x layers (eq. 12);
+    * :meth:`most_vulnerable`: Algorithm 1, the layers whose mean exceeds :math:`\\mu + \\eta\\sigma`, sorted by
+      decreasing mean relative error.
+
+    :param layers: The layer names, one per column.
+    :param errors: Perturbation name -> ``(M, L)`` array of relative errors (M >= 1 samples).
+    """
+
+    layers: list[str]
+    errors: dict[str, np.ndarray]
+
+    def __post_init__(self) -> None:
+        self.layers = list(self.layers)
+        if not self.layers:
+            raise ValueError("An LSAResult needs at least one layer.")
+        if not self.errors:
+            raise ValueError("An LSAResult needs at least one perturbation.")
+        checked = {}
+        for name, values in self.errors.items():
+            array = np.asarray(values, dtype=np.float64)
+            if array.ndim != 2 or array.shape[1] != len(self.layers) or array.shape[0] == 0:
+                raise ValueError(
+                    f"errors[{name!r}] must have shape (M >= 1, {len(self.layers)} layers), got {array.shape}."
+                )
+            checked[str(name)] = array
+        self.errors = checked
+
+    @property
+    def perturbations(self) -> list[str]:
+        """The perturbation names, in order."""
+        return list(self.errors)
+
+    def _get(self, perturbation: str | None) -> np.ndarray:
+        if perturbation is None:
+            return next(iter(self.errors.values()))
+        if perturbation not in self.errors:
+            raise ValueError(f"Unknown perturbation {perturbation!r}; this result has {self.perturbations}.")
+        return self.errors[perturbation]
+
+    def layer_mean(self, perturbation: str | None = None) -> np.ndarray:
+        """
+        Mean relative error of each layer over the samples, shape ``(L,)``.
+
+        :param perturbation: The perturbation's name (default: the first).
+        """
+        return self._get(perturbation).mean(axis=0)
+
+    def layer_std(self, perturbation: str | None = None) -> np.ndarray:
+        """
+        Standard deviation (population) of each layer's relative error over the samples, shape ``(L,)``.
+
+        :param perturbation: The perturbation's name (default: the first).
+        """
+        return self._get(perturbation).std(axis=0)
+
+    def mu(self, perturbation: str | None = None) -> float:
+        """
+        :math:`\\mu` of eq. 12: the mean over all M samples x L layers.
+
+        :param perturbation: The perturbation's name (default: the first).
+        """
+        return float(self._get(perturbation).mean())
+
+    def sigma(self, perturbation: str | None = None) -> float:
+        """
+        :math:`\\sigma` of eq. 12: the population standard deviation over all M samples x L layers.
+
+        :param perturbation: The perturbation's name (default: the first).
+        """
+        return float(self._get(perturbation).std())
+
+    def most_vulnerable(self, eta: float = DEFAULT_ETA, perturbation: str | None = None) -> list[str]:
+        """
+        Algorithm 1 of paper 004: the layers with :math:`\\overline{CM}_l - \\mu > \\eta\\,\\sigma`.
+
+        :param eta: The cut-off :math:`\\eta` (unpublished in the paper, which tunes it per network; any real).
+        :param perturbation: Which perturbation's errors (default: the first).
+        :return: Layer names sorted by decreasing mean relative error (may be empty).
+        """
+        eta = check_range("eta", eta, -math.inf, math.inf, low_open=True, high_open=True)
+        means = self.layer_mean(perturbation)
+        threshold = self.mu(perturbation) + eta * self.sigma(perturbation)
+        chosen = [i for i in np.argsort(-means, kind="stable") if means[i] > threshold]
+        return [self.layers[i] for i in chosen]
+
+    def to_dict(self, eta: float | None = None, samples: bool = True) -> dict[str, Any]:
+        """
+        A JSON-serialisable summary.
+
+        :param eta: Also record the most vulnerable layers for this cut-off.
+        :param samples: Include the per-sample errors (needed by :meth:`from_dict`).
+        :return: ``{"layers", "perturbations": {name: {"mean", "std", "mu", "sigma"[, "most_vulnerable"]
+                 [, "errors"]}}}``.
+        """
+        summary: dict[str, Any] = {"layers": list(self.layers), "perturbations": {}}
+        if eta is not None:
+            summary["eta"] = float(eta)
+        for name in self.perturbations:
+            entry: dict[str, Any] = {
+                "mean": self.layer_mean(name).tolist(),
+                "std": self.layer_std(name).tolist(),
+                "mu": self.mu(name),
+                "sigma": self.sigma(name),
+                "nb_samples": int(self.errors[name].shape[0]),
+            }
+            if eta is not None:
+                entry["most_vulnerable"] = self.most_vulnerable(eta, name)
+            if samples:
+                entry["errors"] = self.errors[name].tolist()
+            summary["perturbations"][name] = entry
+        return summary
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LSAResult:
+        """
+        Rebuild a result written by :meth:`to_dict` with ``samples=True``.
+
+        :param data: The dict.
+        :return: The result.
+        """
+        try:
+            errors = {name: np.asarray(entry["errors"]) for name, entry in data["perturbations"].items()}
+        except KeyError as err:
+            raise ValueError(f"Not an LSAResult dict with per-sample errors (missing {err}).") from None
+        return cls(layers=list(data["layers"]), errors=errors)
+
+    def plot(self, path: str | os.PathLike, title: str | None = None, eta: float | None = None) -> str:
+        """
+        Draw the paper's Fig. 2/4: the mean relative error per layer, one line per perturbation (shaded: +- one
+        standard deviation over the samples), to a PNG file. Uses matplotlib's Agg canvas (no display, no pyplot
+        state).
+
+        :param path: Output file (PNG).
+        :param title: Figure title.
+        :param eta: Also draw the cut-off :math:`\\mu + \\eta\\sigma` of the first perturbation (dashed), the one
+                    :meth:`most_vulnerable` uses by default.
+        :return: The path written, as a string.
+        """
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        figure = Figure(figsize=(max(6.0, 0.55 * len(self.layers) + 3.0), 4.2))
+        FigureCanvasAgg(figure)
+        axes = figure.add_subplot(1, 1, 1)
+        x = np.arange(len(self.layers))
+        for index, name in enumerate(self.perturbations):
+            mean, std = self.layer_mean(name), self.layer_std(name)
+            (line,) = axes.plot(x, mean, "-o", label=name, zorder=3)
+            axes.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.12, linewidth=0)
+            if eta is not None and index == 0:
+                axes.axhline(self.mu(name) + eta * self.sigma(name), color=line.get_color(), linestyle="--",
+                             linewidth=0.8, label=f"{name}: mu + {eta:g} sigma")
+        axes.set_xticks(x)
+        axes.set_xticklabels([f"{i}\n{name}" for i, name in enumerate(self.layers)], fontsize=7,
+                             rotation=30 if len(self.layers) > 6 else 0)
+        axes.set_xlabel("learnable layer")
+        axes.set_ylabel("relative error  |phi(x) - phi(x_hat)|_F / |phi(x)|_F")
+        axes.set_ylim(bottom=0)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8)
+        axes.set_title(title or "Layer sustainability analysis")
+        figure.tight_layout()
+        figure.savefig(os.fspath(path), dpi=120, format="png")
+        return os.fspath(path)
+
+
+def _named_sources(kind: str, spec: Any, classifier: LatentClassifier) -> list[tuple[str, PerturbationSource]]:
+    """Normalise the `attack` / `noise` arguments of :meth:`LayerSustainabilityAnalysis.run` to named sources."""
+    if spec is None:
+        return []
+    if isinstance(spec, Mapping):
+        items = [(str(name), value) for name, value in spec.items()]
+    elif isinstance(spec, (str, PerturbationSource)) or not isinstance(spec, Sequence):
+        items = [(None, spec)]
+    else:
+        items = [(None, value) for value in spec]
+    if not items:
+        raise ValueError(f"`{kind}` is empty.")
+    named = []
+    for name, value in items:
+        if isinstance(value, str):
+            if kind != "noise":
+                raise ValueError(f"`{kind}` entries must be ART attacks or perturbation sources, got {value!r}.")
+            source: PerturbationSource = NoiseSource(value, clip_values=classifier.clip_values)
+            label = name or source.kind
+        else:
+            source = as_perturbation_source(value)
+            label = name or _source_label(value)
+        named.append((label, source))
+    return named
+
+
+def _source_label(value: Any) -> str:
+    if isinstance(value, NoiseSource):
+        return value.kind
+    if isinstance(value, GaussianNoiseSource):
+        return f"gaussian(sigma={value.sigma:g})"
+    eps = getattr(value, "eps", None)
+    eps_text = f"(eps={float(eps):.4g})" if isinstance(eps, (int, float, np.floating)) else ""
+    return f"{type(value).__name__}{eps_text}"
+
+
+class LayerSustainabilityAnalysis:
+    """
+    Layer Sustainability Analysis (paper 004, Algorithms 1 and 2): feed clean inputs and their perturbed versions
+    (an ART attack or statistical noise) through the trained model and measure, per sample and per layer, the
+    relative error :math:`CM(\\phi_l(x), \\phi_l(\\hat x)) = \\|\\phi_l(x) - \\phi_l(\\hat x)\\|_F /
+    \\|\\phi_l(x)\\|_F` (:func:`art_latent.regularizers.relative_error.relative_error`).
+
+    The model runs in eval mode (its modes are restored), one forward pass per batch for the clean inputs and all
+    their perturbed versions together, without parameter gradients; hooks are removed on exit.
+
+    | Paper link: https://arxiv.org/abs/2202.02626
+    """
+
+    def __init__(
+        self,
+        classifier: LatentClassifier | PyTorchClassifier,
+        layers: LayerSpec = "learnable",
+        include_logits: bool = False,
+    ) -> None:
+        """
+        :param classifier: The trained classifier (a plain ART ``PyTorchClassifier`` is wrapped, sharing its model).
+        :param layers: ``"learnable"`` (default: every conv/linear layer at its activation output, see
+                       :func:`learnable_layers`) or names / patterns / types as in
+                       :class:`~art_latent.LatentClassifier`.
+        :param include_logits: With ``"learnable"``, also measure the logits layer.
+        """
+        if not isinstance(classifier, PyTorchClassifier):
+            raise TypeError(
+                f"`classifier` must be an art_latent LatentClassifier or ART PyTorchClassifier, got "
+                f"{type(classifier).__name__}."
+            )
+        if not isinstance(classifier, LatentClassifier):
+            classifier = LatentClassifier.from_classifier(classifier)
+        self.classifier: LatentClassifier = classifier
+        if isinstance(layers, str) and layers == "learnable":
+            self.layers = learnable_layers(classifier, include_logits=bool(include_logits))
+        else:
+            if include_logits:
+                raise ValueError("`include_logits` applies to layers='learnable' only; list the logits layer instead.")
+            self.layers = classifier._module_names(layers)
+
+    def run(
+        self,
+        x: np.ndarray | torch.Tensor,
+        x_perturbed: np.ndarray | torch.Tensor | None = None,
+        attack: Any = None,
+        noise: Any = None,
+        y: np.ndarray | torch.Tensor | None = None,
+        batch_size: int = 256,
+        verbose: bool = False,
+    ) -> LSAResult:
+        """
+        Measure the per-sample, per-layer relative errors.
+
+        :param x: Clean inputs ``(M, *input_shape)`` within the classifier's ``clip_values``.
+        :param x_perturbed: Ready-made perturbed versions of `x` (named ``"x_perturbed"``).
+        :param attack: An ART evasion attack or a :class:`~art_latent.perturbations.PerturbationSource`, a list of
+                       them, or a dict name -> attack. ART's FGSM/BIM/PGD run on the on-device torch path.
+        :param noise: ``"gaussian"``, ``"salt"``, ``"pepper"``, ``"s&p"``, ``"speckle"`` (a :class:`NoiseSource`
+                      with skimage's defaults), a source, a list of these, or a dict name -> source.
+        :param y: Labels for the attacks (indices or one-hot); default: the classifier's predictions (as ART's
+                  attacks do without labels).
+        :param batch_size: Samples per forward pass (each pass holds the batch and all its perturbed versions).
+        :param verbose: Show a progress bar.
+        :return: The :class:`LSAResult`; perturbations in the order x_perturbed, attacks, noises.
+        :raises ValueError: Without any perturbation, or on invalid inputs.
+        """
+        clf = self.classifier
+        batch_size = check_int("batch_size", batch_size)
+        labels = np.zeros(len(x), dtype=np.int64) if y is None else y
+        x_np, y_np = check_data(x, labels, clf.input_shape, clf.nb_classes, clf.clip_values)
+        sources = _named_sources("attack", attack, clf) + _named_sources("noise", noise, clf)
+        x_pert_np = None
+        if x_perturbed is not None:
+            x_pert_np, _ = check_data(x_perturbed, labels, clf.input_shape, clf.nb_classes, clf.clip_values,
+                                      name="x_perturbed")
+            if len(x_pert_np) != len(x_np):
+                raise ValueError(f"`x_perturbed` has {len(x_pert_np)} samples, `x` has {len(x_np)}.")
+        names = (["x_perturbed"] if x_pert_np is not None else []) + [name for name, _ in sources]
+        if not names:
+            raise ValueError("Give at least one perturbation: `x_perturbed`, `attack` or `noise`.")
+        names = _unique(names)
+
+        device = clf.device
+        model = clf.model
+        per_name: list[list[torch.Tensor]] = [[] for _ in names]
+        with preserve_mode(model):
+            model.eval()
+            for begin in tqdm(range(0, len(x_np), batch_size), desc="LSA", disable=not verbose):
+                xb = torch.from_numpy(x_np[begin : begin + batch_size]).to(device)
+                if y is None:
+                    with torch.no_grad():
+                        yb = model(clf._apply_preprocessing(xb, y=None, fit=False, no_grad=True)[0]).argmax(1)
+                else:
+                    yb = torch.from_numpy(y_np[begin : begin + batch_size]).to(device)
+                perturbed = []
+                if x_pert_np is not None:
+                    perturbed.append(torch.from_numpy(x_pert_np[begin : begin + batch_size]).to(device))
+                for _, source in sources:
+                    perturbed.append(source.generate(xb, yb).to(xb.dtype))
+                with torch.no_grad():
+                    _, acts = clf.forward_with_latents(torch.cat([xb, *perturbed]), self.layers)
+                n = len(xb)
+                for index in range(len(names)):
+                    rows = slice(n * (index + 1), n * (index + 2))
+                    per_name[index].append(
+                        torch.stack([relative_error(a[:n], a[rows], reduction="none") for a in acts.values()], dim=1)
+                    )
+        errors = {name: torch.cat(chunks).double().cpu().numpy() for name, chunks in zip(names, per_name, strict=True)}
+        return LSAResult(layers=list(self.layers), errors=errors)
+
+
+def _unique(names: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    result = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        result.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return result
+
+
+def rg_score(accuracies: Sequence[float], percent: bool = False) -> float:
+    """
+    The robustness-and-generalization (R&G) score of paper 004: the sum of the accuracies, in percent, over the
+    list of attack budgets, the clean accuracy (budget 0) included. E.g. ``rg_score(accuracy_vs_eps(...))``.
+
+    :param accuracies: One accuracy per budget, as fractions in [0, 1] (what
+                       :func:`art_latent.analysis.metrics.accuracy_vs_eps` returns) or, with `percent`, in [0, 100].
+    :param percent: The accuracies are already percentages.
+    :return: The score (at most ``100 * len(accuracies)``).
+    """
+    values = list(accuracies)
+    if not values:
+        raise ValueError("`accuracies` is empty: give one accuracy per budget, budget 0 included.")
+    top = 100.0 if percent else 1.0
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) or not (
+            0.0 <= value <= top
+        ):
+            hint = "" if percent else " (percentages need percent=True)"
+            raise ValueError(f"`accuracies` must be numbers in [0, {top:g}]{hint}, got {value!r}.")
+    return float(sum(values) * (1.0 if percent else 100.0))
