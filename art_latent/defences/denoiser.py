@@ -18,7 +18,7 @@ from art.estimators.classification.pytorch import PyTorchClassifier
 from torch import nn
 
 from art_latent.estimator import LatentClassifier
-from art_latent.perturbations import GaussianNoiseSource, PerturbationSource, as_perturbation_source, budget_pairs
+from art_latent.perturbations import GaussianNoiseSource, budget_pairs
 from art_latent.regularizers.disparity import NORMALIZATIONS, latent_disparity
 from art_latent.trainers.base import Batch, LatentTrainer
 from art_latent.utils import preserve_mode
@@ -343,12 +343,8 @@ class DenoiserTrainer(LatentTrainer):
             raise ValueError("Every preprocessing step of the classifier must be a PreprocessorPyTorch for gradients "
                              "to flow through the denoiser.")
 
-        use_attack = isinstance(validation_attack, str) and validation_attack == "attack"
-        super().__init__(defended, validation_attack=None if use_attack else validation_attack, **trainer_kwargs)
-        source = as_perturbation_source(attack, fast=fast_attack)
-        if use_attack:
-            self.validation_attack = source
-        self.attack: PerturbationSource = source
+        super().__init__(defended, validation_attack=validation_attack, **trainer_kwargs)
+        source = self.set_attack(attack, fast=fast_attack)
         if budgets is None:
             if source.eps is None:
                 raise ValueError("`budgets=None` uses the attack's own eps, but this attack has none; give budgets.")

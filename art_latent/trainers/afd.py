@@ -16,7 +16,6 @@ from torch.nn.functional import relu, softplus
 
 from art_latent.analysis.representation import EmbeddingSite, forward_with_embedding, resolve_embedding
 from art_latent.estimator import LatentClassifier
-from art_latent.perturbations import PerturbationSource, as_perturbation_source
 from art_latent.trainers.base import Batch, LatentTrainer
 from art_latent.utils import preserve_mode
 from art_latent.validation import check_choice, check_int, check_range
@@ -193,12 +192,8 @@ class AFDTrainer(LatentTrainer):
                                   perturbation source for the robust validation accuracy.
         :param trainer_kwargs: ``seed``, ``log_every``, ``amp``: see :class:`~art_latent.trainers.LatentTrainer`.
         """
-        use_attack = isinstance(validation_attack, str) and validation_attack == "attack"
-        super().__init__(classifier, validation_attack=None if use_attack else validation_attack, **trainer_kwargs)
-        source = as_perturbation_source(attack, fast=fast_attack)
-        if use_attack:
-            self.validation_attack = source
-        self.attack: PerturbationSource = source
+        super().__init__(classifier, validation_attack=validation_attack, **trainer_kwargs)
+        self.set_attack(attack, fast=fast_attack)
         self.loss = check_choice("loss", loss, LOSSES)
         group = self._classifier.optimizer.param_groups[0]
         base_lr = float(group.get("initial_lr", group["lr"]))

@@ -110,11 +110,8 @@ class ATLRTrainer(LatentTrainer):
                                   for the robust validation accuracy.
         :param trainer_kwargs: ``seed``, ``log_every``, ``amp``: see :class:`~art_latent.trainers.LatentTrainer`.
         """
-        use_attack = isinstance(validation_attack, str) and validation_attack == "attack"
-        super().__init__(classifier, validation_attack=None if use_attack else validation_attack, **trainer_kwargs)
-        self.attack: PerturbationSource = as_perturbation_source(attack, fast=fast_attack)
-        if use_attack:
-            self.validation_attack = self.attack
+        super().__init__(classifier, validation_attack=validation_attack, **trainer_kwargs)
+        self.set_attack(attack, fast=fast_attack)
         self.base = check_choice("base", base, BASES)
         self.beta = check_range("beta", beta, 0.0, float("inf"), low_open=True, high_open=True)
         self.eta = check_range("eta", eta, -float("inf"), float("inf"), low_open=True, high_open=True)

@@ -84,9 +84,13 @@ class LatentTrainer(Trainer):
             raise ValueError("The classifier has no optimizer: pass `optimizer=` when creating it.")
         super().__init__(classifier)
         self._classifier: LatentClassifier = classifier
+        # "attack" is the sentinel of methods with a training attack: set_attack() fills it in.
+        self._validation_uses_attack = isinstance(validation_attack, str) and validation_attack == "attack"
         self.validation_attack: PerturbationSource | None = (
-            None if validation_attack is None else as_perturbation_source(validation_attack)
+            None if validation_attack is None or self._validation_uses_attack
+            else as_perturbation_source(validation_attack)
         )
+        self.attack: PerturbationSource | None = None
         if seed is not None:
             check_int("seed", seed, minimum=0)
         self.seed = seed
@@ -102,6 +106,20 @@ class LatentTrainer(Trainer):
         self._dist: DistributedContext | None = None
         self._global_batch_size = 0
         self._local_batch_size = 0
+
+    def set_attack(self, attack: Any, fast: bool = True) -> PerturbationSource:
+        """
+        Set the method's training attack (any ART evasion attack or perturbation source; ART's FGSM/BIM/PGD on the
+        torch fast path when `fast`); it is also the validation attack when ``validation_attack="attack"``.
+
+        :param attack: The attack.
+        :param fast: Use the on-device torch path where it reproduces the attack.
+        :return: The perturbation source, also stored as ``self.attack``.
+        """
+        self.attack = as_perturbation_source(attack, fast=fast)
+        if self._validation_uses_attack:
+            self.validation_attack = self.attack
+        return self.attack
 
     def _resolve_amp(self, amp: bool | str) -> torch.dtype | None:
         if amp is False or amp is None:

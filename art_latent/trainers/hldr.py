@@ -14,8 +14,6 @@ from art_latent.estimator import LatentClassifier
 from art_latent.layers import LayerSpec
 from art_latent.perturbations import (
     GaussianNoiseSource,
-    PerturbationSource,
-    as_perturbation_source,
     budget_pairs,
 )
 from art_latent.regularizers import NORMALIZATIONS, latent_disparity
@@ -92,12 +90,8 @@ class HLDRTrainer(LatentTrainer):
                                   at its own budget, ``None`` disables it, or an ART attack / perturbation source.
         :param trainer_kwargs: ``seed``, ``log_every``, ``amp``: see :class:`~art_latent.trainers.LatentTrainer`.
         """
-        use_attack = isinstance(validation_attack, str) and validation_attack == "attack"
-        super().__init__(classifier, validation_attack=None if use_attack else validation_attack, **trainer_kwargs)
-        source = as_perturbation_source(attack, fast=fast_attack)
-        if use_attack:
-            self.validation_attack = source
-        self.attack: PerturbationSource = source
+        super().__init__(classifier, validation_attack=validation_attack, **trainer_kwargs)
+        source = self.set_attack(attack, fast=fast_attack)
         self.xi = check_range("xi", xi, 0.0, 1.0)
         if budgets is None:
             if source.eps is None:
