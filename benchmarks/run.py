@@ -70,6 +70,7 @@ def _trainer_step(trainer: Any, x: torch.Tensor, y: torch.Tensor) -> Callable[[]
         model.train()
         trainer.optimization_step(batch)
 
+    step.context = context  # type: ignore[attr-defined]  # a collected context would run its exit (hooks removed)
     return step
 
 
