@@ -280,6 +280,11 @@ def _table(report: dict[str, Any]) -> str:
         verdict = "ok" if ratio <= HLDR_ONLINE_VS_ART else "MISSED"
         lines.append(f"\nHLDR online FGSM / ART AdversarialTrainer(FGSM): {ratio:.2f} (target <= "
                      f"{HLDR_ONLINE_VS_ART}: {verdict})")
+    for name in ("hldr_precomputed", "hldr_online_fgsm"):
+        mem = report["memory_mib"].get(name)
+        if mem is not None and plain_mem:
+            verdict = "ok" if mem / plain_mem <= HLDR_MEMORY else "MISSED"
+            lines.append(f"{name} peak memory / plain: {mem / plain_mem:.2f} (target <= {HLDR_MEMORY}: {verdict})")
     for name, res in report.get("attacks", {}).items():
         verdict = "ok" if res["speedup"] >= FAST_ATTACK_SPEEDUP else "MISSED"
         lines.append(f"{name}: ART generate {res['art_ms']:.1f} ms, torch fast path {res['fast_ms']:.1f} ms, speed-up "
