@@ -9,14 +9,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from art_latent.cli_types import positive_int
+
 logger = logging.getLogger(__name__)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,9 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo_output", help="Output directory (default demo_output).")
     demo.add_argument("--model", default="vgg16", choices=("vgg16", "vgg11", "small_cnn"))
     demo.add_argument("--width", type=float, default=0.25, help="VGG width multiplier (default 0.25).")
-    demo.add_argument("--pretrain-epochs", type=_positive_int, default=8)
-    demo.add_argument("--finetune-epochs", type=_positive_int, default=3)
-    demo.add_argument("--batch-size", type=_positive_int, default=64)
+    demo.add_argument("--pretrain-epochs", type=positive_int, default=8)
+    demo.add_argument("--finetune-epochs", type=positive_int, default=3)
+    demo.add_argument("--batch-size", type=positive_int, default=64)
     demo.add_argument("--xi", type=float, default=0.25, help="HLDR weight in [0, 1] (default 0.25).")
     demo.add_argument("--dataset", default="bundled", help="bundled (default), fashion-mnist, mnist or cifar10.")
     demo.add_argument("--data-path", default=None, help="Directory of the dataset files (not for bundled).")

@@ -10,16 +10,11 @@ import logging
 import time
 from typing import Any
 
+from art_latent.cli_types import positive_int
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["add_benchmark_parsers", "run_benchmark_command", "run_report_command"]
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 def add_benchmark_parsers(subparsers: Any) -> None:
@@ -40,7 +35,7 @@ def add_benchmark_parsers(subparsers: Any) -> None:
     bench.add_argument("--out", default="results", help="Output directory (default: results).")
     bench.add_argument("--restart", action="store_true",
                        help="Discard the finished folds and pre-trained weights in --out instead of resuming.")
-    bench.add_argument("--folds", type=_positive_int, default=None,
+    bench.add_argument("--folds", type=positive_int, default=None,
                        help="Run only the first N folds (overrides [protocol].run_folds).")
     bench.add_argument("--device", choices=("gpu", "cpu"), default=None, help="Override the config's device.")
     bench.add_argument("--data-path", default=None, help="Override [data].path (the directory of the data files).")

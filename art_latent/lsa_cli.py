@@ -10,29 +10,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 from pathlib import Path
 from typing import Any
+
+from art_latent.cli_types import non_negative_float, positive_int
 
 logger = logging.getLogger(__name__)
 
 _MODELS = ("vgg16", "vgg11", "small_cnn")
 _ATTACKS = ("pgd", "fgsm", "fast", "none")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
 
 
 def add_lsa_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -56,19 +43,19 @@ def add_lsa_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--dataset", default="bundled", help="bundled (default), fashion-mnist, mnist or cifar10.")
     parser.add_argument("--data-path", default=None, help="Directory of the dataset files (not for bundled).")
     parser.add_argument("--split", default="test", choices=("test", "train"), help="Samples to analyse (test).")
-    parser.add_argument("--samples", type=_positive_int, default=1000, help="Number M of random samples (1000).")
+    parser.add_argument("--samples", type=positive_int, default=1000, help="Number M of random samples (1000).")
     parser.add_argument("--attack", default="pgd", choices=_ATTACKS,
                         help="Adversarial perturbation: pgd (default, L-inf, as in the paper), fgsm, fast or none.")
-    parser.add_argument("--eps", type=_non_negative_float, default=0.1, help="Attack budget, L-inf (default 0.1).")
-    parser.add_argument("--eps-step", type=_non_negative_float, default=None, help="PGD step (default eps / 4).")
-    parser.add_argument("--max-iter", type=_positive_int, default=7, help="PGD iterations (default 7).")
+    parser.add_argument("--eps", type=non_negative_float, default=0.1, help="Attack budget, L-inf (default 0.1).")
+    parser.add_argument("--eps-step", type=non_negative_float, default=None, help="PGD step (default eps / 4).")
+    parser.add_argument("--max-iter", type=positive_int, default=7, help="PGD iterations (default 7).")
     parser.add_argument("--noise", default="gaussian,salt,pepper,speckle",
                         help="Comma-separated statistical noises (gaussian, salt, pepper, s&p, speckle) or 'none'.")
     parser.add_argument("--layers", default="learnable",
                         help="'learnable' (default) or comma-separated module names / glob patterns.")
     parser.add_argument("--include-logits", action="store_true", help="With 'learnable', also measure the logits.")
     parser.add_argument("--eta", type=float, default=0.5, help="MVL cut-off: mean > mu + eta * sigma (0.5).")
-    parser.add_argument("--batch-size", type=_positive_int, default=256)
+    parser.add_argument("--batch-size", type=positive_int, default=256)
     parser.add_argument("--out", default="lsa_output", help="Output directory (default lsa_output).")
     parser.add_argument("--device", default="gpu", choices=("gpu", "cpu"), help="gpu uses CUDA when available.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the sample choice, PGD start and noises.")
