@@ -64,10 +64,9 @@ def _trainer_step(trainer: Any, x: torch.Tensor, y: torch.Tensor) -> Callable[[]
     batch = {k: v[: len(x)] for k, v in data.items()}
     context = trainer.fit_context()
     context.__enter__()  # left open for the whole benchmark: the process ends after it
-    model = trainer.classifier.model
 
     def step() -> None:
-        model.train()
+        trainer.train_mode()
         trainer.optimization_step(batch)
 
     step.context = context  # type: ignore[attr-defined]  # a collected context would run its exit (hooks removed)

@@ -237,6 +237,13 @@ class LatentTrainer(Trainer):
         total = self._global_batch_size or local * self._dist.world_size
         self._dist.average_gradients(params, local, total)
 
+    def train_mode(self) -> None:
+        """
+        Put the model in training mode; called at the start of every epoch (validation switches to eval). Methods
+        that keep some layers frozen during ``fit`` (Deep Defense's BatchNorm) override this.
+        """
+        self._classifier.model.train()
+
     def fit_context(self) -> contextlib.AbstractContextManager:
         """
         A context manager entered around the whole training loop (after validation, before the first epoch) and
@@ -449,7 +456,7 @@ class LatentTrainer(Trainer):
             epochs = tqdm(range(start_epoch, nb_epochs), desc=type(self).__name__, disable=not verbose, unit="epoch")
             for epoch in epochs:
                 started = time.perf_counter()
-                model.train()
+                self.train_mode()
                 nb_batches, batches = epoch_batches(epoch)
                 sums: dict[str, torch.Tensor] = {}
                 count = 0

@@ -4,9 +4,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -14,7 +12,6 @@ import torch
 from art_latent.estimator import LatentClassifier
 from art_latent.regularizers.deepfool import deep_defense_regularizer, deepfool, perturbation_ratio
 from art_latent.trainers.base import Batch, LatentTrainer
-from art_latent.utils import preserve_mode
 from art_latent.validation import check_int, check_range
 
 logger = logging.getLogger(__name__)
@@ -87,23 +84,16 @@ class DeepDefenseTrainer(LatentTrainer):
             m for m in self._classifier.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
         ]
 
-    def _freeze_batchnorm(self) -> None:
+    def train_mode(self) -> None:
+        """Training mode with every BatchNorm layer frozen in eval mode (running statistics, no updates)."""
+        self._classifier.model.train()
         for module in self._batchnorms:
             module.eval()
-
-    @contextlib.contextmanager
-    def fit_context(self) -> Iterator[None]:
-        """BatchNorm layers in eval mode for the whole ``fit``; every module's mode is restored on exit."""
-        with preserve_mode(self._classifier.model):
-            self._freeze_batchnorm()
-            yield
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._classifier.model(self._preprocess(x))
 
     def training_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        # The shared loop calls model.train() at every epoch start, which would unfreeze BatchNorm again.
-        self._freeze_batchnorm()
         x, y = batch["x"], batch["y"]
         x0 = x.detach().requires_grad_(True)
         logits = self._forward(x0)
