@@ -57,3 +57,19 @@ def labels_to_indices(y: torch.Tensor) -> torch.Tensor:
     if y.ndim == 2:
         return y.argmax(dim=1)
     return y.long()
+
+
+@contextlib.contextmanager
+def preserve_requires_grad(model: torch.nn.Module) -> Iterator[None]:
+    """
+    Restore the ``requires_grad`` flag of every parameter of `model` on exit, also on exceptions (methods freeze
+    parts of the model during training).
+
+    :param model: The module whose parameter flags are saved and restored.
+    """
+    saved = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        yield
+    finally:
+        for param, flag in saved:
+            param.requires_grad_(flag)

@@ -84,7 +84,7 @@ def hldr_weights_after_training(x, y, batch_size: int, checkpoint: str | None = 
     clf = make_classifier(NoBatchNormNet(), lr=0.1)
     trainer = HLDRTrainer(clf, FastGradientMethod(clf, eps=0.1), budgets=(0.0, 0.1), normalization="sample", seed=0,
                           distributed=distributed, validation_attack=None)
-    history = trainer.fit(x, y, nb_epochs=2, batch_size=batch_size, checkpoint_path=checkpoint, verbose=False)
+    history = trainer.fit(x, y, nb_epochs=2, batch_size=batch_size, checkpoint_dir=checkpoint, verbose=False)
     return {k: v.detach().clone() for k, v in clf.model.state_dict().items()}, history
 
 
@@ -98,7 +98,7 @@ def ddp_worker(rank: int, world_size: int, port: int, x, y, out_dir: str) -> Non
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
-        weights, history = hldr_weights_after_training(x, y, batch_size=8, checkpoint=f"{out_dir}/ckpt.pt",
+        weights, history = hldr_weights_after_training(x, y, batch_size=8, checkpoint=f"{out_dir}/ckpt",
                                                        distributed=True)
         torch.save({"weights": weights, "history": history}, f"{out_dir}/rank{rank}.pt")
     finally:

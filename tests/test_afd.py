@@ -226,7 +226,7 @@ class _NaNAfter(nn.Module):
 @pytest.mark.parametrize("generator", [False, True])
 def test_divergence_names_the_step(tiny_classifier, tiny_data, generator):
     trainer = _trainer(tiny_classifier, discriminator=_NaNAfter(8, after=5))
-    with pytest.raises(AFDDivergenceError, match=r"discriminator step.*batch 3 of this fit") as info:
+    with pytest.raises(AFDDivergenceError, match=r"epoch 1, batch 3: non-finite discriminator loss.*lr_discriminator") as info:
         if generator:
             trainer.fit_generator(NumpyDataGenerator(*tiny_data, batch_size=32), nb_epochs=2, verbose=False)
         else:
@@ -242,16 +242,16 @@ def test_checkpoint_holds_discriminator_and_optimizers_and_resume_reproduces(tin
         clf = _sgd_classifier(momentum=0.9)
         attack = ProjectedGradientDescent(clf, eps=0.1, eps_step=0.03, max_iter=2, num_random_init=1, verbose=False)
         trainer = AFDTrainer(clf, attack, seed=3, validation_attack=None)
-        trainer.fit(x, y, nb_epochs=nb_epochs, batch_size=32, checkpoint_path=checkpoint, resume=resume,
+        trainer.fit(x, y, nb_epochs=nb_epochs, batch_size=32, checkpoint_dir=checkpoint, resume=resume,
                     verbose=False)
         return _snapshot(clf.model.parameters()) + _snapshot(trainer.discriminator.parameters()), trainer
 
     reference, _ = run(3)
-    run(2, tmp_path / "c.pt")
-    state = torch.load(tmp_path / "c.pt", weights_only=False)["method"]
+    run(2, tmp_path / "c")
+    state = torch.load(tmp_path / "c" / "checkpoint.pt", weights_only=True)["method"]
     assert set(state) == {"discriminator", "discriminator_optimizer", "encoder_optimizer"}
     assert state["encoder_optimizer"]["state"]  # momentum buffers are saved
-    resumed, trainer = run(3, tmp_path / "c.pt", resume=True)
+    resumed, trainer = run(3, tmp_path / "c", resume=True)
     assert len(trainer.history) == 3
     assert all(torch.equal(a, b) for a, b in zip(reference, resumed, strict=True))
 

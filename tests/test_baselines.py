@@ -414,13 +414,13 @@ def test_denoiser_resume_reproduces_an_uninterrupted_run(tiny_data, tmp_path):
         clf = make_classifier()
         denoiser = _denoiser()
         trainer = DenoiserTrainer(clf, denoiser, FastGradientMethod(clf, eps=0.1), budgets=(0.0, 0.1), seed=3)
-        trainer.fit(*tiny_data, nb_epochs=nb_epochs, batch_size=32, checkpoint_path=checkpoint, resume=resume,
+        trainer.fit(*tiny_data, nb_epochs=nb_epochs, batch_size=32, checkpoint_dir=checkpoint, resume=resume,
                     verbose=False)
         return _state(denoiser.network)
 
     reference = run(3)
-    run(2, tmp_path / "c.pt")
-    assert _same_state(reference, run(3, tmp_path / "c.pt", resume=True))
+    run(2, tmp_path / "c")
+    assert _same_state(reference, run(3, tmp_path / "c", resume=True))
 
 
 def test_denoiser_attached_to_the_classifier_is_not_applied_twice(tiny_classifier):

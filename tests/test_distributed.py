@@ -29,7 +29,7 @@ def test_two_processes_match_one_process_on_the_combined_batch(tiny_data, tmp_pa
             torch.testing.assert_close(result["weights"][name], value, atol=1e-5, rtol=0)
         # metrics are all-reduced: both ranks log the single-process history
         assert result["history"][-1]["loss"] == pytest.approx(ref_history[-1]["loss"], rel=1e-5)
-    assert (tmp_path / "ckpt.pt").exists() and torch.load(tmp_path / "ckpt.pt", weights_only=False)["epoch"] == 2
+    assert torch.load(tmp_path / "ckpt" / "checkpoint.pt", weights_only=True)["epoch"] == 2
 
 
 def test_single_process_is_not_distributed():

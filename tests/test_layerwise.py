@@ -205,13 +205,13 @@ def test_resume_reproduces_an_uninterrupted_run(tiny_data, tmp_path):
     def run(nb_epochs, checkpoint=None, resume=False):
         clf = make_classifier()
         trainer = LayerwisePerturbationTrainer(clf, variant="joint", seed=3)
-        trainer.fit(x, y, nb_epochs=nb_epochs, batch_size=32, checkpoint_path=checkpoint, resume=resume,
+        trainer.fit(x, y, nb_epochs=nb_epochs, batch_size=32, checkpoint_dir=checkpoint, resume=resume,
                     verbose=False)
         return [p.detach().clone() for p in clf.model.parameters()], trainer.history
 
     reference, ref_history = run(3)
-    run(2, tmp_path / "c.pt")
-    resumed, history = run(3, tmp_path / "c.pt", resume=True)
+    run(2, tmp_path / "c")
+    resumed, history = run(3, tmp_path / "c", resume=True)
     assert all(torch.equal(a, b) for a, b in zip(reference, resumed, strict=True))
     assert history[-1]["perturbed"] == 1.0 and history[-1]["loss"] == pytest.approx(ref_history[-1]["loss"])
 

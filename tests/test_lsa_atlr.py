@@ -312,14 +312,14 @@ def test_lsa_layer_selection_at_fit(tiny_data, tmp_path):
     expected = LayerSustainabilityAnalysis(clf).run(x, attack=attack, y=y).most_vulnerable(0.0)
     assert expected
     trainer = ATLRTrainer(clf, attack, layers="lsa", eta=0.0, lsa_samples=len(x), seed=0)
-    checkpoint = tmp_path / "atlr.pt"
-    trainer.fit(x, y, nb_epochs=1, batch_size=32, checkpoint_path=checkpoint, verbose=False)
+    checkpoint = tmp_path / "atlr"
+    trainer.fit(x, y, nb_epochs=1, batch_size=32, checkpoint_dir=checkpoint, verbose=False)
     assert trainer.layers == expected and trainer.lsa_result.most_vulnerable(0.0) == expected
-    assert torch.load(checkpoint, weights_only=False)["method"] == {"layers": expected}
+    assert torch.load(checkpoint / "checkpoint.pt", weights_only=True)["method"] == {"layers": expected}
     # a resumed run keeps the layers chosen on the starting model: no second analysis
     resumed = ATLRTrainer(clf, attack, layers="lsa", eta=0.0, seed=0)
     resumed.select_layers = None  # would fail if called
-    history = resumed.fit(x, y, nb_epochs=2, batch_size=32, checkpoint_path=checkpoint, resume=True, verbose=False)
+    history = resumed.fit(x, y, nb_epochs=2, batch_size=32, checkpoint_dir=checkpoint, resume=True, verbose=False)
     assert resumed.layers == expected and len(history) == 2
 
 

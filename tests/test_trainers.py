@@ -113,13 +113,13 @@ def test_modes_hooks_and_checkpoint_survive_an_exception(tiny_classifier, tiny_d
         return original(batch)
 
     trainer.training_step = failing_step
-    checkpoint = tmp_path / "ckpt.pt"
+    checkpoint = tmp_path / "ckpt"
     with pytest.raises(RuntimeError, match="interrupted"):
-        trainer.fit(x, y, nb_epochs=3, batch_size=48, checkpoint_path=checkpoint, verbose=False)
+        trainer.fit(x, y, nb_epochs=3, batch_size=48, checkpoint_dir=checkpoint, verbose=False)
     assert model.training and not model.stem.unit.bn.training and model.res.bn1.training
     assert _hook_count(model) == 0
-    state = torch.load(checkpoint, weights_only=False)
-    assert state["epoch"] == 1 and not (tmp_path / "ckpt.pt.tmp").exists()
+    state = torch.load(checkpoint / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 1 and sorted(p.name for p in checkpoint.iterdir()) == ["checkpoint.pt"]
 
 
 def test_resume_reproduces_an_uninterrupted_run(tiny_data, tmp_path):
@@ -128,13 +128,13 @@ def test_resume_reproduces_an_uninterrupted_run(tiny_data, tmp_path):
     def run(nb_epochs, checkpoint=None, resume=False):
         clf = make_classifier()
         trainer = HLDRTrainer(clf, FastGradientMethod(clf, eps=0.1), budgets=(0.0, 0.1), noise_sigma=0.05, seed=3)
-        trainer.fit(x, y, nb_epochs=nb_epochs, batch_size=32, checkpoint_path=checkpoint, resume=resume,
+        trainer.fit(x, y, nb_epochs=nb_epochs, batch_size=32, checkpoint_dir=checkpoint, resume=resume,
                     verbose=False)
         return _params(clf.model), trainer.history
 
     reference, ref_history = run(3)
-    run(2, tmp_path / "c.pt")
-    resumed, history = run(3, tmp_path / "c.pt", resume=True)
+    run(2, tmp_path / "c")
+    resumed, history = run(3, tmp_path / "c", resume=True)
     assert len(history) == 3
     assert _same(reference, resumed)
     assert history[-1]["loss"] == pytest.approx(ref_history[-1]["loss"])

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -16,20 +16,20 @@ from torch.nn.functional import relu, softplus
 
 from art_latent.analysis.representation import EmbeddingSite, forward_with_embedding, resolve_embedding
 from art_latent.estimator import LatentClassifier
-from art_latent.trainers.base import Batch, LatentTrainer
+from art_latent.perturbations import PerturbationSource
+from art_latent.trainers.base import Batch, LatentTrainer, TrainingDivergedError
 from art_latent.utils import preserve_mode
 from art_latent.validation import check_choice, check_int, check_range
 
 logger = logging.getLogger(__name__)
 
 LOSSES = ("softplus", "wgan", "hinge")
-STEPS = ("classification", "discriminator", "encoder")
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter], float], torch.optim.Optimizer]
 
 
-class AFDDivergenceError(FloatingPointError):
-    """AFD training produced a NaN or infinite loss; the message names the step and the batch."""
+class AFDDivergenceError(TrainingDivergedError):
+    """AFD training produced a NaN or infinite loss or gradient; the message names the step, epoch and batch."""
 
 
 class ProjectionDiscriminator(nn.Module):
@@ -156,6 +156,9 @@ class AFDTrainer(LatentTrainer):
       (arXiv: https://arxiv.org/abs/2006.04621)
     """
 
+    # Always set after construction: __init__ calls set_attack() (the base class allows None for methods without one).
+    attack: PerturbationSource
+
     def __init__(
         self,
         classifier: LatentClassifier,
@@ -221,9 +224,6 @@ class AFDTrainer(LatentTrainer):
         self.discriminator_optimizer = self._make_optimizer(
             list(self.discriminator.parameters()), self.lr_discriminator, "discriminator"
         )
-        self._first_bad: torch.Tensor | None = None
-        self._batch = 0
-        self._epoch_starts: list[int] = []
 
     # ------------------------------------------------------------------ construction helpers
 
@@ -294,7 +294,7 @@ class AFDTrainer(LatentTrainer):
         optimizer.zero_grad(set_to_none=True)
         with self.autocast():
             ce, logits, _ = self.training_step(batch)
-        self.backward_and_step(ce, optimizer)
+        self.backward_and_step(ce, optimizer, name="classification loss")
         return ce.detach(), logits.detach()
 
     def discriminator_step(
@@ -318,7 +318,7 @@ class AFDTrainer(LatentTrainer):
             d_clean, d_adv = scores[:n], scores[n:]
             loss = discriminator_loss(d_clean, d_adv, self.loss)
         self.discriminator_optimizer.zero_grad(set_to_none=True)
-        self.backward_and_step(loss, self.discriminator_optimizer)
+        self.backward_and_step(loss, self.discriminator_optimizer, name="discriminator loss")
         with torch.no_grad():
             logs = {"disc_acc_clean": (d_clean > 0).float().mean(), "disc_acc_adv": (d_adv < 0).float().mean()}
         return h_adv, loss.detach(), logs
@@ -334,7 +334,7 @@ class AFDTrainer(LatentTrainer):
         with self.autocast(), _no_param_grads(self.discriminator):
             loss = encoder_loss(self.discriminator(h_adv, y).reshape(-1), self.loss)
         self.encoder_optimizer.zero_grad(set_to_none=True)
-        self.backward_and_step(loss, self.encoder_optimizer)
+        self.backward_and_step(loss, self.encoder_optimizer, name="encoder loss")
         return loss.detach()
 
     def optimization_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
@@ -350,64 +350,33 @@ class AFDTrainer(LatentTrainer):
         ce, logits = self.classification_step(batch)
         h_adv, d_loss, logs = self.discriminator_step(x, x_adv, y)
         e_loss = self.encoder_step(h_adv, y)
-        self._record_finite(ce, d_loss, e_loss)
         logs.update({"ce": ce, "discriminator_loss": d_loss, "encoder_loss": e_loss})
         return ce, logits, logs
 
     # ------------------------------------------------------------------ divergence
 
-    def _record_finite(self, *losses: torch.Tensor) -> None:
-        # On the device, no synchronisation: the index of the first batch where each step's loss was not finite.
-        finite = torch.stack([torch.isfinite(v.float()) for v in losses])
-        if self._first_bad is None:
-            self._first_bad = torch.full((len(STEPS),), -1, dtype=torch.long, device=finite.device)
-        self._first_bad = torch.where((self._first_bad < 0) & ~finite, self._batch, self._first_bad)
-        self._batch += 1
+    divergence_error = AFDDivergenceError
 
-    def _check_divergence(self) -> None:
-        if self._first_bad is None:
-            return
-        first = self._first_bad.tolist()
-        bad = [(index, order, STEPS[order]) for order, index in enumerate(first) if index >= 0]
-        if not bad:
-            return
-        index, _, step = min(bad)
-        epoch = sum(start <= index for start in self._epoch_starts)
-        where = f"batch {index + 1} of this fit" + (f" (epoch {epoch})" if epoch else "")
+    def divergence_advice(self, terms: Sequence[str]) -> str:
         advice = {
-            "classification": "lower the classifier optimizer's learning rate",
             "discriminator": "lower `lr_discriminator` or use loss='softplus'/'hinge'",
             "encoder": "lower `lr_encoder` or use loss='softplus'/'hinge'",
-        }[step]
-        raise AFDDivergenceError(
-            f"AFD diverged: the {step} step's loss became NaN/inf first, at {where}; {advice}. The last checkpoint "
-            "(if any) is kept."
-        )
-
-    def on_epoch_start(self, epoch: int, data: Batch) -> Batch:
-        self._check_divergence()  # the previous epoch's losses, read once
-        self._epoch_starts.append(self._batch)
-        return data
+        }
+        for term in terms:
+            for step, text in advice.items():
+                if step in term:
+                    return text
+        return "lower the classifier optimizer's learning rate"
 
     @contextlib.contextmanager
     def fit_context(self) -> Iterator[None]:
-        """The discriminator in train mode during ``fit`` (mode restored); divergence checked at the end."""
-        self._first_bad, self._batch, self._epoch_starts = None, 0, []
+        """The discriminator in train mode during ``fit`` (mode restored)."""
         dist = getattr(self, "_dist", None)
         if dist is not None:  # data-parallel: every process starts from rank 0's discriminator, as for the model
             dist.broadcast_module(self.discriminator)
         with preserve_mode(self.discriminator):
             self.discriminator.train()
-            try:
-                yield
-            except FloatingPointError as error:
-                if not isinstance(error, AFDDivergenceError):
-                    try:
-                        self._check_divergence()  # name the step behind the loop's generic message
-                    except AFDDivergenceError as named:
-                        raise named from error
-                raise
-            self._check_divergence()
+            yield
 
     # ------------------------------------------------------------------ checkpoints
 

@@ -21,6 +21,7 @@ from art_latent.layers import LayerSpec
 from art_latent.perturbations import PerturbationSource, as_perturbation_source
 from art_latent.regularizers.relative_error import layerwise_relative_error
 from art_latent.trainers.base import Batch, LatentTrainer
+from art_latent.trainers.checkpoint import CHECKPOINT_NAME
 from art_latent.validation import check_choice, check_int, check_range
 
 logger = logging.getLogger(__name__)
@@ -74,6 +75,9 @@ class ATLRTrainer(LatentTrainer):
 
     | Paper link: https://arxiv.org/abs/2202.02626
     """
+
+    # Always set after construction: __init__ calls set_attack() (the base class allows None for methods without one).
+    attack: PerturbationSource
 
     def __init__(
         self,
@@ -190,8 +194,9 @@ class ATLRTrainer(LatentTrainer):
         :param kwargs: See :meth:`LatentTrainer.fit_generator`.
         :return: The history.
         """
-        checkpoint = kwargs.get("checkpoint_path")
-        resuming = kwargs.get("resume", False) and checkpoint is not None and Path(checkpoint).exists()
+        checkpoint = kwargs.get("checkpoint_dir")
+        resuming = bool(kwargs.get("resume")) and checkpoint is not None
+        resuming = resuming and (Path(checkpoint) / CHECKPOINT_NAME).exists()
         if self.regularized and self.layers is None and isinstance(generator, DataGenerator) and not resuming:
             xs, ys, count = [], [], 0
             while count < self.lsa_samples:

@@ -22,14 +22,31 @@ from tqdm.auto import tqdm
 
 from art_latent.estimator import LatentClassifier
 from art_latent.perturbations import PerturbationSource, as_perturbation_source
+from art_latent.trainers import checkpoint as ckpt
 from art_latent.trainers.distributed import DistributedContext, convert_sync_batchnorm
-from art_latent.utils import preserve_mode
+from art_latent.trainers.interrupts import sigterm_raises
+from art_latent.utils import preserve_mode, preserve_requires_grad
 from art_latent.validation import check_data, check_int
 
 logger = logging.getLogger(__name__)
 
 Batch = dict[str, torch.Tensor]
 Callback = Callable[["LatentTrainer", int, dict[str, float]], Any]
+
+
+class TrainingDivergedError(FloatingPointError):
+    """
+    A loss term or a gradient became NaN/inf. ``fit`` raises it before the optimizer step, so the model and the
+    optimizers still hold the last good state; the message names the epoch, the batch and the term.
+    """
+
+    def __init__(self, message: str, terms: Sequence[str] = (), epoch: int | None = None,
+                 batch: int | None = None, checkpoint: Path | None = None) -> None:
+        super().__init__(message)
+        self.terms = list(terms)
+        self.epoch = epoch
+        self.batch = batch
+        self.checkpoint = checkpoint
 
 
 class LatentTrainer(Trainer):
@@ -45,6 +62,9 @@ class LatentTrainer(Trainer):
     accumulated on the device and read once per epoch (and at each progress-bar refresh when `verbose`).
     """
 
+    #: The exception raised on a non-finite loss or gradient (methods may raise a subclass).
+    divergence_error: type[TrainingDivergedError] = TrainingDivergedError
+
     def __init__(
         self,
         classifier: LatentClassifier | PyTorchClassifier,
@@ -54,6 +74,7 @@ class LatentTrainer(Trainer):
         amp: bool | str = False,
         distributed: bool | str = "auto",
         sync_batchnorm: bool = False,
+        check_finite: bool = True,
     ) -> None:
         """
         :param classifier: The classifier to train; a plain ART ``PyTorchClassifier`` is wrapped in a
@@ -71,6 +92,10 @@ class LatentTrainer(Trainer):
         :param sync_batchnorm: Under data-parallel training, convert BatchNorm layers to ``SyncBatchNorm`` so batch
                                statistics span all processes (CUDA only). Without it each process normalises with its
                                own batch statistics and running statistics are averaged after every epoch.
+        :param check_finite: Check every loss term and the gradients for NaN/inf before each optimizer step (one
+                             host synchronisation per step) and stop with a :class:`TrainingDivergedError` naming
+                             the epoch, batch and term, leaving the last good state (and, with a ``checkpoint_dir``,
+                             saving it as ``emergency.pt``). ``False`` checks only the epoch's mean loss.
         """
         if not isinstance(classifier, PyTorchClassifier):
             raise TypeError(
@@ -103,6 +128,9 @@ class LatentTrainer(Trainer):
             raise ValueError(f"`distributed` must be 'auto', True or False, got {distributed!r}.")
         self.distributed = distributed
         self.sync_batchnorm = bool(sync_batchnorm)
+        if not isinstance(check_finite, bool):
+            raise ValueError(f"`check_finite` must be True or False, got {check_finite!r}.")
+        self.check_finite = check_finite
         self._dist: DistributedContext | None = None
         self._global_batch_size = 0
         self._local_batch_size = 0
@@ -197,7 +225,7 @@ class LatentTrainer(Trainer):
         optimizer.zero_grad(set_to_none=True)
         with self.autocast():
             loss, logits, logs = self.training_step(batch)
-        self.backward_and_step(loss, optimizer)
+        self.backward_and_step(loss, optimizer, terms=logs)
         return loss, logits, logs
 
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -206,21 +234,56 @@ class LatentTrainer(Trainer):
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self._amp_dtype)
 
-    def backward_and_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+    def backward_and_step(
+        self,
+        loss: torch.Tensor,
+        optimizer: torch.optim.Optimizer,
+        name: str = "loss",
+        terms: dict[str, torch.Tensor] | None = None,
+    ) -> None:
         """
-        Back-propagate `loss` and step `optimizer`, through the fp16 ``GradScaler`` when there is one.
+        Back-propagate `loss` and step `optimizer`, through the fp16 ``GradScaler`` when there is one. With
+        ``check_finite``, the loss, the `terms` and the gradients are checked before the step (see
+        :class:`TrainingDivergedError`).
 
         :param loss: The scalar loss.
         :param optimizer: The optimizer to step.
+        :param name: The loss's name in error messages (methods with several optimizers name their steps).
+        :param terms: Further scalar terms to check, by name (the logs of :meth:`training_step`).
         """
         scaler = getattr(self, "_scaler", None)
         (loss if scaler is None else scaler.scale(loss)).backward()
         self.sync_gradients(optimizer)
+        if self.check_finite:
+            self._check_finite_step(loss, optimizer, name, terms or {}, gradients=scaler is None)
         if scaler is None:
             optimizer.step()
         else:
             scaler.step(optimizer)
             scaler.update()
+
+    def _check_finite_step(
+        self,
+        loss: torch.Tensor,
+        optimizer: torch.optim.Optimizer,
+        name: str,
+        terms: dict[str, torch.Tensor],
+        gradients: bool,
+    ) -> None:
+        names = [name, *(f"{name}/{key}" if name != "loss" else key for key in terms)]
+        values = [loss.detach().float(), *(v.detach().float() for v in terms.values())]
+        flags = [torch.isfinite(v).all() for v in values]
+        if gradients:  # with a GradScaler, inf gradients are expected now and then: the scaler skips those steps
+            grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            if grads:
+                names.append(f"gradient of {name}")
+                flags.append(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+        bad = (~torch.stack(flags)).float()
+        if self._dist is not None:  # every process must stop at the same step, or the others hang in an all-reduce
+            bad = self._dist.sum_(bad)
+        found = [n for n, b in zip(names, bad.tolist(), strict=True) if b > 0]  # the one host sync per step
+        if found:
+            raise self.divergence_error(f"non-finite {', '.join(found)}", terms=found)
 
     def sync_gradients(self, optimizer: torch.optim.Optimizer) -> None:
         """
@@ -260,6 +323,15 @@ class LatentTrainer(Trainer):
 
     # ------------------------------------------------------------------ helpers for methods
 
+    def divergence_advice(self, terms: Sequence[str]) -> str:
+        """
+        What to try when `terms` became non-finite (part of the :class:`TrainingDivergedError` message).
+
+        :param terms: The names of the non-finite terms.
+        :return: Advice, one sentence.
+        """
+        return "lower the learning rate or the regularization weight"
+
     def _preprocess(self, x: torch.Tensor) -> torch.Tensor:
         return self._classifier._apply_preprocessing(x, y=None, fit=False, no_grad=False)[0]
 
@@ -286,7 +358,8 @@ class LatentTrainer(Trainer):
         callbacks: Sequence[Callback] | None = None,
         verbose: bool = True,
         shuffle: bool = True,
-        checkpoint_path: str | os.PathLike | None = None,
+        checkpoint_dir: str | os.PathLike | None = None,
+        checkpoint_every: int = 1,
         resume: bool = False,
         **kwargs: Any,
     ) -> list[dict[str, float]]:
@@ -305,9 +378,13 @@ class LatentTrainer(Trainer):
                           stops training.
         :param verbose: Show progress bars.
         :param shuffle: Shuffle the samples every epoch.
-        :param checkpoint_path: Write a checkpoint (model, optimizer, history, RNG and method state) here after every
-                                epoch, atomically: an interrupted run leaves the last complete one.
-        :param resume: Continue from `checkpoint_path` when it exists.
+        :param checkpoint_dir: Directory for ``checkpoint.pt``: model, optimizer(s), scheduler, GradScaler, RNG states
+                               (torch, CUDA, numpy, Python), epoch, history and method state, written atomically
+                               (an interrupted run leaves the last complete one) and read with
+                               ``torch.load(weights_only=True)``. A divergence writes ``emergency.pt`` there.
+        :param checkpoint_every: Write the checkpoint every this many epochs (and after the last epoch).
+        :param resume: Continue from ``checkpoint_dir/checkpoint.pt`` when it exists (start afresh when it does
+                       not); the resumed run ends with the weights an uninterrupted run would have.
         :return: The history: one dict per epoch.
         """
         if kwargs:
@@ -316,8 +393,7 @@ class LatentTrainer(Trainer):
         nb_epochs = check_int("nb_epochs", nb_epochs)
         if scheduler is not None and not callable(getattr(scheduler, "step", None)):
             raise TypeError(f"`scheduler` must have a .step() method, got {type(scheduler).__name__}.")
-        if resume and checkpoint_path is None:
-            raise ValueError("`resume=True` needs a `checkpoint_path`.")
+        checkpoint = self._check_checkpoint_args(checkpoint_dir, checkpoint_every, resume)
         x_np, y_np = self._check(x, y)
         val = None
         if validation_data is not None:
@@ -354,7 +430,7 @@ class LatentTrainer(Trainer):
 
             return len(starts), batches()
 
-        return self._loop(epoch_batches, nb_epochs, scheduler, callbacks, verbose, val, checkpoint_path, resume)
+        return self._loop(epoch_batches, nb_epochs, scheduler, callbacks, verbose, val, checkpoint, resume)
 
     def fit_generator(  # pylint: disable=W0221
         self,
@@ -364,7 +440,8 @@ class LatentTrainer(Trainer):
         scheduler: Any = None,
         callbacks: Sequence[Callback] | None = None,
         verbose: bool = True,
-        checkpoint_path: str | os.PathLike | None = None,
+        checkpoint_dir: str | os.PathLike | None = None,
+        checkpoint_every: int = 1,
         resume: bool = False,
         **kwargs: Any,
     ) -> list[dict[str, float]]:
@@ -380,7 +457,8 @@ class LatentTrainer(Trainer):
         :param scheduler: See :meth:`fit`.
         :param callbacks: See :meth:`fit`.
         :param verbose: Show progress bars.
-        :param checkpoint_path: See :meth:`fit`.
+        :param checkpoint_dir: See :meth:`fit`.
+        :param checkpoint_every: See :meth:`fit`.
         :param resume: See :meth:`fit`.
         :return: The history: one dict per epoch.
         """
@@ -389,8 +467,14 @@ class LatentTrainer(Trainer):
         if not isinstance(generator, DataGenerator):
             raise TypeError(f"`generator` must be an ART DataGenerator, got {type(generator).__name__}.")
         nb_epochs = check_int("nb_epochs", nb_epochs)
+        checkpoint = self._check_checkpoint_args(checkpoint_dir, checkpoint_every, resume)
         if generator.size is None or generator.batch_size is None:
             raise ValueError("The DataGenerator must know its `size` and `batch_size`.")
+        if generator.size <= 0 or generator.batch_size <= 0:
+            raise ValueError(
+                f"The DataGenerator's `size` and `batch_size` must be positive, got {generator.size} and "
+                f"{generator.batch_size}."
+            )
         val = None
         if validation_data is not None:
             val = self._to_device(*self._check(*validation_data, name="validation_data[0]"))
@@ -405,9 +489,27 @@ class LatentTrainer(Trainer):
 
             return nb_batches, gen()
 
-        return self._loop(epoch_batches, nb_epochs, scheduler, callbacks, verbose, val, checkpoint_path, resume)
+        return self._loop(epoch_batches, nb_epochs, scheduler, callbacks, verbose, val, checkpoint, resume)
 
     # ------------------------------------------------------------------ the loop
+
+    @staticmethod
+    def _check_checkpoint_args(
+        checkpoint_dir: str | os.PathLike | None, checkpoint_every: int, resume: bool
+    ) -> tuple[Path, int] | None:
+        every = check_int("checkpoint_every", checkpoint_every)
+        if not isinstance(resume, bool):
+            raise ValueError(f"`resume` must be True or False, got {resume!r}.")
+        if checkpoint_dir is None:
+            if resume:
+                raise ValueError("`resume=True` needs a `checkpoint_dir`.")
+            return None
+        if not isinstance(checkpoint_dir, str | os.PathLike):
+            raise TypeError(f"`checkpoint_dir` must be a path, got {type(checkpoint_dir).__name__}.")
+        directory = Path(checkpoint_dir)
+        if directory.exists() and not directory.is_dir():
+            raise ValueError(f"`checkpoint_dir` {str(directory)!r} exists and is not a directory.")
+        return directory, every
 
     def _check_fit_params(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> None:
         """Method-specific checks of the training data, before any work (override to add)."""
@@ -429,11 +531,14 @@ class LatentTrainer(Trainer):
         callbacks: Sequence[Callback] | None,
         verbose: bool,
         val: tuple[torch.Tensor, torch.Tensor] | None,
-        checkpoint_path: str | os.PathLike | None,
+        checkpoint: tuple[Path, int] | None,
         resume: bool,
     ) -> list[dict[str, float]]:
         model = self._classifier.model
-        optimizer = self._classifier.optimizer
+        callbacks = list(callbacks or [])
+        for callback in callbacks:
+            if not callable(callback):
+                raise TypeError(f"Every callback must be callable, got {type(callback).__name__}.")
         self._dist = DistributedContext.resolve(self.distributed, self.device)
         self._global_batch_size = 0
         if self._dist is not None:
@@ -442,76 +547,102 @@ class LatentTrainer(Trainer):
             self._dist.broadcast_module(model)
             verbose = verbose and self._dist.is_main
         self._scaler = torch.amp.GradScaler(self.device.type) if self._amp_dtype == torch.float16 else None
-        callbacks = list(callbacks or [])
-        for callback in callbacks:
-            if not callable(callback):
-                raise TypeError(f"Every callback must be callable, got {type(callback).__name__}.")
+        self._checkpoint = checkpoint
         start_epoch = 0
         self.history = []
-        if resume and checkpoint_path is not None and Path(checkpoint_path).exists():
-            start_epoch = self._load_checkpoint(Path(checkpoint_path), scheduler)
-            logger.info("Resumed from %s after epoch %d.", checkpoint_path, start_epoch)
+        if resume and checkpoint is not None and (checkpoint[0] / ckpt.CHECKPOINT_NAME).exists():
+            start_epoch = self._load_checkpoint(checkpoint[0] / ckpt.CHECKPOINT_NAME, scheduler)
+            logger.info("Resumed from %s after epoch %d.", checkpoint[0] / ckpt.CHECKPOINT_NAME, start_epoch)
         self._stop = False
-        with preserve_mode(model), self.fit_context():
+        with sigterm_raises(), preserve_mode(model), preserve_requires_grad(model), self.fit_context():
             epochs = tqdm(range(start_epoch, nb_epochs), desc=type(self).__name__, disable=not verbose, unit="epoch")
             for epoch in epochs:
-                started = time.perf_counter()
-                self.train_mode()
-                nb_batches, batches = epoch_batches(epoch)
-                sums: dict[str, torch.Tensor] = {}
-                count = 0
-                bar = tqdm(batches, total=nb_batches, desc=f"epoch {epoch + 1}", leave=False, disable=not verbose)
-                for step, batch in enumerate(bar):
-                    n = self._local_batch_size = len(batch["y"])
-                    loss, logits, logs = self.optimization_step(batch)
-                    count += n
-                    with torch.no_grad():
-                        metrics = {"loss": loss.detach() * n, "accuracy": (logits.argmax(1) == batch["y"]).sum()}
-                        metrics.update({k: v.detach() * n for k, v in logs.items()})
-                        for key, value in metrics.items():
-                            sums[key] = sums[key] + value if key in sums else value.float()
-                    if verbose and (step + 1) % self.log_every == 0:
-                        bar.set_postfix({k: f"{v.item() / count:.4f}" for k, v in sums.items()})
-                if self._dist is not None:
-                    keys = sorted(sums)
-                    totals = self._dist.sum_(torch.stack([sums[k] for k in keys] + [torch.tensor(
-                        float(count), device=self.device)]))
-                    sums, count = dict(zip(keys, totals[:-1], strict=True)), int(totals[-1].item())
-                    self._dist.average_buffers(model)
-                if count == 0:
-                    raise ValueError(f"Epoch {epoch + 1} had no training batch.")
-                record: dict[str, float] = {"epoch": epoch + 1}
-                record.update({k: v.item() / count for k, v in sums.items()})
-                if not math.isfinite(record["loss"]):
-                    raise FloatingPointError(
-                        f"The training loss of epoch {epoch + 1} is {record['loss']}: training diverged "
-                        "(lower the learning rate or the regularization weight). The last checkpoint is kept."
-                    )
-                record["lr"] = float(optimizer.param_groups[0]["lr"])
-                if val is not None:
-                    record.update(self.evaluate(*val))
-                record["time_s"] = time.perf_counter() - started
-                if scheduler is not None:
-                    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                        scheduler.step(record.get("val_loss", record["loss"]))
-                    else:
-                        scheduler.step()
+                record = self._run_epoch(epoch, epoch_batches, verbose, val, scheduler)
                 self.on_epoch_end(epoch, record)
-                self.history.append(record)
+                self.history.append(ckpt.plain(record))
                 epochs.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k not in ("epoch", "lr", "time_s")})
                 logger.info("epoch %d: %s", epoch + 1, record)
-                if checkpoint_path is not None:
-                    if self._dist is None or self._dist.is_main:
-                        self._save_checkpoint(Path(checkpoint_path), epoch + 1, scheduler)
-                    if self._dist is not None:
-                        self._dist.barrier()
+                due = checkpoint is not None and (epoch + 1 == nb_epochs or (epoch + 1) % checkpoint[1] == 0)
+                if due:  # before the callbacks: a callback that raises must not cost this epoch
+                    self._write(checkpoint[0] / ckpt.CHECKPOINT_NAME, epoch + 1, scheduler)
                 for callback in callbacks:
                     if callback(self, epoch, record) is True:
                         self._stop = True
+                if self._stop and checkpoint is not None and not due:
+                    self._write(checkpoint[0] / ckpt.CHECKPOINT_NAME, epoch + 1, scheduler)
                 if self._stop:
                     logger.info("Stopped by a callback after epoch %d.", epoch + 1)
                     break
         return self.history
+
+    def _run_epoch(
+        self,
+        epoch: int,
+        epoch_batches: Callable[[int], tuple[int, Iterator[Batch]]],
+        verbose: bool,
+        val: tuple[torch.Tensor, torch.Tensor] | None,
+        scheduler: Any,
+    ) -> dict[str, float]:
+        started = time.perf_counter()
+        self.train_mode()
+        nb_batches, batches = epoch_batches(epoch)
+        sums: dict[str, torch.Tensor] = {}
+        count = 0
+        bar = tqdm(batches, total=nb_batches, desc=f"epoch {epoch + 1}", leave=False, disable=not verbose)
+        for step, batch in enumerate(bar):
+            n = self._local_batch_size = len(batch["y"])
+            try:
+                loss, logits, logs = self.optimization_step(batch)
+            except TrainingDivergedError as error:
+                raise self._diverged(error, epoch, step, scheduler) from None
+            count += n
+            with torch.no_grad():
+                metrics = {"loss": loss.detach() * n, "accuracy": (logits.argmax(1) == batch["y"]).sum()}
+                metrics.update({k: v.detach() * n for k, v in logs.items()})
+                for key, value in metrics.items():
+                    sums[key] = sums[key] + value if key in sums else value.float()
+            if verbose and (step + 1) % self.log_every == 0:
+                bar.set_postfix({k: f"{v.item() / count:.4f}" for k, v in sums.items()})
+        if self._dist is not None:
+            keys = sorted(sums)
+            totals = self._dist.sum_(torch.stack([sums[k] for k in keys] + [torch.tensor(
+                float(count), device=self.device)]))
+            sums, count = dict(zip(keys, totals[:-1], strict=True)), int(totals[-1].item())
+            self._dist.average_buffers(self._classifier.model)
+        if count == 0:
+            raise ValueError(f"Epoch {epoch + 1} had no training batch.")
+        record: dict[str, float] = {"epoch": epoch + 1}
+        record.update({k: v.item() / count for k, v in sums.items()})
+        bad = [k for k, v in record.items() if not math.isfinite(v)]
+        if bad:  # without check_finite, the first place a divergence shows
+            raise self.divergence_error(
+                f"The epoch means of {bad} in epoch {epoch + 1} are not finite: training diverged "
+                f"({self.divergence_advice(bad)}). The last checkpoint is kept.", bad, epoch + 1
+            )
+        record["lr"] = float(self._classifier.optimizer.param_groups[0]["lr"])
+        if val is not None:
+            record.update(self.evaluate(*val))
+        record["time_s"] = time.perf_counter() - started
+        if scheduler is not None:
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step(record.get("val_loss", record["loss"]))
+            else:
+                scheduler.step()
+        return record
+
+    def _diverged(self, error: TrainingDivergedError, epoch: int, step: int, scheduler: Any) -> TrainingDivergedError:
+        saved = None
+        if self._checkpoint is not None:
+            # The failing step was not taken: model and optimizers hold the state after the previous batch.
+            saved = self._checkpoint[0] / ckpt.EMERGENCY_NAME
+            self._write(saved, epoch, scheduler, batch=step)
+        where = f"epoch {epoch + 1}, batch {step + 1}"
+        kept = (f"saved to {saved}" if saved is not None else "kept in the model (no `checkpoint_dir` to save it to)")
+        return self.divergence_error(
+            f"Training diverged at {where}: {error} ({self.divergence_advice(error.terms)}). The optimizer step was "
+            f"not taken; the last good state is {kept}.",
+            error.terms, epoch + 1, step + 1, saved,
+        )
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> dict[str, float]:
         """
@@ -549,35 +680,41 @@ class LatentTrainer(Trainer):
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _save_checkpoint(self, path: Path, epoch: int, scheduler: Any) -> None:
-        state = {
-            "epoch": epoch,
-            "model": self._classifier.model.state_dict(),
-            "optimizer": self._classifier.optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if hasattr(scheduler, "state_dict") else None,
-            "history": self.history,
-            "torch_rng": torch.get_rng_state(),
-            "numpy_rng": np.random.get_state(),
-            "shuffle_rng": self._shuffle_generator.get_state(),
-            "method": self.state_dict(),
-            "trainer": type(self).__name__,
-        }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)  # atomic: a crash mid-write never corrupts the previous checkpoint
+    def _write(self, path: Path, epoch: int, scheduler: Any, batch: int | None = None) -> None:
+        """Write a checkpoint after `epoch` complete epochs (and `batch` more batches, for an emergency checkpoint)."""
+        if self._dist is None or self._dist.is_main:
+            state = {
+                "format": ckpt.FORMAT_VERSION,
+                "trainer": type(self).__name__,
+                "epoch": epoch,
+                "batch": batch,
+                "model": self._classifier.model.state_dict(),
+                "optimizer": self._classifier.optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if hasattr(scheduler, "state_dict") else None,
+                "scaler": self._scaler.state_dict() if self._scaler is not None else None,
+                "history": self.history,
+                "rng": ckpt.rng_state(),
+                "shuffle_rng": self._shuffle_generator.get_state(),
+                "method": self.state_dict(),
+            }
+            ckpt.save_atomic(state, path)
+        if self._dist is not None:
+            self._dist.barrier()
 
     def _load_checkpoint(self, path: Path, scheduler: Any) -> int:
-        state = torch.load(path, map_location=self.device, weights_only=False)
-        if state.get("trainer") != type(self).__name__:
-            raise ValueError(f"Checkpoint {path} was written by {state.get('trainer')}, not {type(self).__name__}.")
+        state = ckpt.load(path, map_location=self.device)
+        if state["trainer"] != type(self).__name__:
+            raise ValueError(f"Checkpoint {path} was written by {state['trainer']}, not {type(self).__name__}.")
+        if state["batch"] is not None:
+            raise ValueError(f"{path} is an emergency checkpoint (mid-epoch); resume from {ckpt.CHECKPOINT_NAME}.")
         self._classifier.model.load_state_dict(state["model"])
         self._classifier.optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state["scheduler"] is not None:
             scheduler.load_state_dict(state["scheduler"])
+        if self._scaler is not None and state["scaler"] is not None:
+            self._scaler.load_state_dict(state["scaler"])
         self.history = list(state["history"])
-        torch.set_rng_state(state["torch_rng"])
-        np.random.set_state(state["numpy_rng"])
-        self._shuffle_generator.set_state(state["shuffle_rng"])
+        ckpt.set_rng_state(state["rng"])
+        self._shuffle_generator.set_state(state["shuffle_rng"].cpu())
         self.load_state_dict(state["method"])
         return int(state["epoch"])

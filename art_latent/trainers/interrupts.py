@@ -1,0 +1,48 @@
+"""
+SIGTERM during ``fit``: unwind like ``KeyboardInterrupt`` so hooks, modes and ``requires_grad`` flags are restored.
+
+Schedulers (SLURM, Kubernetes, preemptible cloud machines) stop a job with SIGTERM. Python's default action kills
+the process at once; inside :meth:`~art_latent.trainers.base.LatentTrainer.fit` art_latent instead raises
+:class:`TrainingTerminated` in the main thread, so every ``finally`` block runs. The last complete checkpoint is on
+disk already (checkpoints are written atomically at epoch ends); ``fit(..., resume=True)`` continues from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from types import FrameType
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingTerminated(SystemExit):
+    """Raised inside ``fit`` when the process receives SIGTERM; exits with status 143 (128 + SIGTERM) if uncaught."""
+
+    def __init__(self) -> None:
+        super().__init__(128 + signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """
+    Turn SIGTERM into :class:`TrainingTerminated` while the block runs, when it is safe: only in the main thread
+    and only if SIGTERM has its default action (a handler the user installed is left alone). The previous handler
+    is restored on exit.
+    """
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        logger.warning("SIGTERM received: stopping training; the last complete checkpoint (if any) is kept.")
+        raise TrainingTerminated()
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
