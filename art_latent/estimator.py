@@ -164,7 +164,7 @@ class LatentClassifier(PyTorchClassifier):
         """Every qualified module name of the model (ART's version lists top-level children only)."""
         return [name for name, _ in self.model.named_modules() if name]
 
-    def _module_names(self, layers: str | int | Sequence[str | int] | None) -> list[str]:
+    def _module_names(self, layers: str | int | Sequence[str | int] | None, argument: str = "layers") -> list[str]:
         if layers is None:
             return self.latent_layers
         items = [layers] if isinstance(layers, (str, int)) else list(layers)
@@ -172,18 +172,21 @@ class LatentClassifier(PyTorchClassifier):
         names = []
         for item in items:
             if isinstance(item, bool) or not isinstance(item, (str, int)):
-                raise TypeError(f"Layers are given by name (str) or index into latent_layers (int), got {item!r}.")
+                raise TypeError(
+                    f"`{argument}`: layers are given by name (str) or index into latent_layers (int), got {item!r}."
+                )
             if isinstance(item, int):
                 if not -len(self._latent_layers) <= item < len(self._latent_layers):
                     raise ValueError(
-                        f"Layer index {item} out of range for {len(self._latent_layers)} latent layers "
+                        f"`{argument}`: layer index {item} out of range for {len(self._latent_layers)} latent layers "
                         f"(accepted: -{len(self._latent_layers)} to {len(self._latent_layers) - 1})."
                     )
                 names.append(self._latent_layers[item])
             elif item in modules and item:
                 names.append(item)
             else:
-                names.extend(resolve_layers(self.model, item))  # a glob pattern, or a clear ValueError
+                # a glob pattern, or a clear ValueError
+                names.extend(resolve_layers(self.model, item, argument=argument))
         return list(dict.fromkeys(names))
 
     # ----------------------------------------------------------------- forward
@@ -266,7 +269,7 @@ class LatentClassifier(PyTorchClassifier):
         """
         if batch_size < 1:
             raise ValueError(f"`batch_size` must be a positive integer, got {batch_size}.")
-        name = self._module_names(-1 if layer is None else layer)[0]
+        name = self._module_names(-1 if layer is None else layer, argument="layer")[0]
         with preserve_mode(self.model):
             self.model.eval()
             if framework:

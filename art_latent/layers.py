@@ -7,6 +7,7 @@ A *layer* is a module of the model, named as in ``model.named_modules()`` (for e
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import logging
 from collections.abc import Sequence
@@ -144,7 +145,9 @@ def _block_start(order: list[str], modules: dict[str, nn.Module], block_end: str
     return order[index]
 
 
-def resolve_layers(model: nn.Module, spec: LayerSpec, example: torch.Tensor | None = None) -> list[str]:
+def resolve_layers(
+    model: nn.Module, spec: LayerSpec, example: torch.Tensor | None = None, argument: str = "layers"
+) -> list[str]:
     """
     Resolve a layer specification to a list of qualified module names.
 
@@ -154,6 +157,7 @@ def resolve_layers(model: nn.Module, spec: LayerSpec, example: torch.Tensor | No
                  list mixing these. Names keep the order given; patterns and types expand in ``named_modules`` order;
                  duplicates are dropped.
     :param example: An input batch, needed for ``"auto"`` only.
+    :param argument: The name of the argument `spec` came from, for error messages.
     :return: Qualified module names.
     :raises ValueError: If a name matches no module, a pattern or type matches nothing, or the result is empty.
     """
@@ -165,17 +169,17 @@ def resolve_layers(model: nn.Module, spec: LayerSpec, example: torch.Tensor | No
     elif isinstance(spec, Sequence):
         items = list(spec)
     else:
-        raise ValueError(f"`layers` must be 'auto', a name, a pattern, a module type or a list, got {spec!r}.")
+        raise ValueError(f"`{argument}` must be 'auto', a name, a pattern, a module type or a list, got {spec!r}.")
     if not items:
-        raise ValueError("`layers` is empty: give 'auto', module names, glob patterns or module types.")
+        raise ValueError(f"`{argument}` is empty: give 'auto', module names, glob patterns or module types.")
     result: list[str] = []
     for item in items:
         if isinstance(item, type):
             if not issubclass(item, nn.Module):
-                raise ValueError(f"`layers` type {item!r} is not a torch.nn.Module subclass.")
+                raise ValueError(f"`{argument}` type {item!r} is not a torch.nn.Module subclass.")
             matched = [n for n in named if isinstance(modules[n], item)]
             if not matched:
-                raise ValueError(f"`layers` type {item.__name__} matches no module of the model.")
+                raise ValueError(f"`{argument}` type {item.__name__} matches no module of the model.")
         elif isinstance(item, str):
             if item == "auto":
                 if example is None:
@@ -186,15 +190,15 @@ def resolve_layers(model: nn.Module, spec: LayerSpec, example: torch.Tensor | No
             elif any(ch in item for ch in "*?["):
                 matched = fnmatch.filter(named, item)
                 if not matched:
-                    raise ValueError(f"`layers` pattern {item!r} matches no module name.")
+                    raise ValueError(f"`{argument}` pattern {item!r} matches no module name.")
             else:
-                close = [n for n in named if item in n or n in item][:5]
-                hint = f" Close names: {close}." if close else ""
+                close = difflib.get_close_matches(item, named, n=5, cutoff=0.6)
+                hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
                 raise ValueError(
-                    f"Unknown layer name {item!r}: not in model.named_modules().{hint} "
+                    f"`{argument}`: unknown layer name {item!r}, not in model.named_modules().{hint} "
                     f"The model has {len(named)} named modules; see `LatentClassifier.layer_names`."
                 )
         else:
-            raise ValueError(f"`layers` entries must be str or module types, got {type(item).__name__}.")
+            raise ValueError(f"`{argument}` entries must be str or module types, got {type(item).__name__}.")
         result.extend(matched)
     return list(dict.fromkeys(result))

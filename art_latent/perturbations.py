@@ -55,8 +55,15 @@ class PerturbationSource(abc.ABC):
     train/eval flag and every parameter's ``.grad`` as they found them, also when an exception is raised.
     """
 
-    #: The source's own budget, used when :meth:`generate` gets no override; `None` where it is meaningless.
-    eps: float | None = None
+    if TYPE_CHECKING:
+        # Read-only for the type checker, so subclasses may define it as a property (ARTAttackSource,
+        # GaussianNoiseSource) or as a plain attribute (TorchGradientAttack).
+        @property
+        def eps(self) -> float | None:
+            """The source's own budget, used when :meth:`generate` gets no override; `None` where it is meaningless."""
+    else:
+        #: The source's own budget, used when :meth:`generate` gets no override; `None` where it is meaningless.
+        eps: float | None = None
 
     @abc.abstractmethod
     def generate(self, x: torch.Tensor, y: torch.Tensor, eps: Budget | None = None) -> torch.Tensor:
@@ -195,6 +202,8 @@ class TorchGradientAttack(PerturbationSource):
     are reduced once with the estimator's ``reduce_labels``).
     """
 
+    eps: float
+
     def __init__(
         self,
         estimator: PyTorchClassifier,
@@ -290,8 +299,10 @@ class TorchGradientAttack(PerturbationSource):
         )
         from art.estimators.classification.pytorch import PyTorchClassifier
 
-        def unsupported(reason: str) -> None:
+        def unsupported(reason: str) -> TorchGradientAttack | None:
+            """Log why there is no equivalent; the `None` that ``from_art`` returns."""
             logger.debug("No on-device equivalent of %s: %s.", type(attack).__name__, reason)
+            return None
 
         kind = type(attack)
         if kind is FastGradientMethod:
@@ -589,12 +600,14 @@ class TorchGradientAttack(PerturbationSource):
                 if restarts == 1:
                     best = x_adv
                 elif self.restart_selection == "batch":
+                    assert reference is not None  # set above whenever restarts > 1
                     rate = self._success(x_adv, reference).double().mean().item()
                     if rate > best_rate:
                         best, best_rate = x_adv, rate
                 elif restart == 0:
                     best = x_adv
                 else:
+                    assert reference is not None  # set above whenever restarts > 1
                     success = self._success(x_adv, reference).reshape(-1, *([1] * (x.ndim - 1)))
                     best = torch.where(success, x_adv, best)
         return best.detach()
@@ -701,16 +714,19 @@ class ARTAttackSource(PerturbationSource):
                 "a budget override `eps`."
             )
 
-        saved: list[tuple[Any, dict[str, Any]]] = []
+        # (attack, its parameters to restore, its scalar eps, its scalar eps_step or None when it has none)
+        saved: list[tuple[Any, dict[str, Any], float, float | None]] = []
         for attack in self._budget_attacks():
             params = {"eps": attack.eps}
+            eps0, step0 = _scalar(attack.eps), None
             if "eps_step" in attack.attack_params:
                 params["eps_step"] = attack.eps_step
-            if _scalar(attack.eps) is None or ("eps_step" in params and _scalar(attack.eps_step) is None):
+                step0 = _scalar(attack.eps_step)
+            if eps0 is None or ("eps_step" in params and step0 is None):
                 raise ValueError(
                     f"{type(attack).__name__} has array-valued eps/eps_step; a budget override needs scalars."
                 )
-            saved.append((attack, params))
+            saved.append((attack, params, eps0, step0))
 
         x_adv = x.copy()
         try:
@@ -718,15 +734,14 @@ class ARTAttackSource(PerturbationSource):
                 if budget == 0:
                     continue
                 rows = np.flatnonzero(budgets == budget)
-                for attack, params in saved:
-                    eps0 = _scalar(params["eps"])
+                for attack, _, eps0, step0 in saved:
                     update = {"eps": float(budget)}
-                    if "eps_step" in params and eps0 > 0:
-                        update["eps_step"] = _scalar(params["eps_step"]) * float(budget) / eps0
+                    if step0 is not None and eps0 > 0:
+                        update["eps_step"] = step0 * float(budget) / eps0
                     attack.set_params(**update)
                 x_adv[rows] = self.attack.generate(x[rows], y=y[rows])
         finally:
-            for attack, params in saved:
+            for attack, params, _, _ in saved:
                 attack.set_params(**params)
         return x_adv
 
@@ -786,7 +801,9 @@ class GaussianNoiseSource(PerturbationSource):
         return torch.where(sigma_b > 0, noisy, x)
 
 
-def as_perturbation_source(attack: PerturbationSource | EvasionAttack, fast: bool = True) -> PerturbationSource:
+def as_perturbation_source(
+    attack: PerturbationSource | EvasionAttack, fast: bool = True, argument: str = "attack"
+) -> PerturbationSource:
     """
     Turn an attack into a :class:`.PerturbationSource`.
 
@@ -794,6 +811,7 @@ def as_perturbation_source(attack: PerturbationSource | EvasionAttack, fast: boo
     :param fast: Use :class:`.TorchGradientAttack` when it reproduces the ART attack (see
                  :meth:`.TorchGradientAttack.from_art`); otherwise, or when `False`, wrap it in
                  :class:`.ARTAttackSource`.
+    :param argument: The name of the argument `attack` came from, for error messages.
     :return: The perturbation source.
     """
     if isinstance(attack, PerturbationSource):
@@ -807,8 +825,23 @@ def as_perturbation_source(attack: PerturbationSource | EvasionAttack, fast: boo
                 return source
         return ARTAttackSource(attack)
     raise TypeError(
-        f"Expected a PerturbationSource or an art.attacks.attack.EvasionAttack, got {type(attack).__name__}."
+        f"`{argument}` must be a PerturbationSource or an art.attacks.attack.EvasionAttack, got "
+        f"{type(attack).__name__}."
     )
+
+
+def attacked_model(attack: Any) -> torch.nn.Module | None:
+    """
+    The PyTorch model whose gradients `attack` follows, when it has one (ART attacks and the gradient sources).
+
+    :param attack: An ART evasion attack or a :class:`.PerturbationSource`.
+    :return: The ``torch.nn.Module``, or ``None`` for attacks without a model (noise, black-box estimators).
+    """
+    estimator = getattr(attack, "estimator", None)
+    if estimator is None:  # an ARTAttackSource holds the ART attack
+        estimator = getattr(getattr(attack, "attack", None), "estimator", None)
+    model = getattr(estimator, "model", None)
+    return model if isinstance(model, torch.nn.Module) else None
 
 
 def budget_pairs(

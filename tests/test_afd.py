@@ -226,7 +226,8 @@ class _NaNAfter(nn.Module):
 @pytest.mark.parametrize("generator", [False, True])
 def test_divergence_names_the_step(tiny_classifier, tiny_data, generator):
     trainer = _trainer(tiny_classifier, discriminator=_NaNAfter(8, after=5))
-    with pytest.raises(AFDDivergenceError, match=r"epoch 1, batch 3: non-finite discriminator loss.*lr_discriminator") as info:
+    message = r"epoch 1, batch 3: non-finite discriminator loss.*lr_discriminator"
+    with pytest.raises(AFDDivergenceError, match=message) as info:
         if generator:
             trainer.fit_generator(NumpyDataGenerator(*tiny_data, batch_size=32), nb_epochs=2, verbose=False)
         else:
@@ -288,8 +289,8 @@ class _BadShape(nn.Module):
         ({"lr_encoder": 0.0}, ValueError, "`lr_encoder`"),
         ({"lr_discriminator": -1.0}, ValueError, "`lr_discriminator`"),
         ({"lr_encoder": float("inf")}, ValueError, "`lr_encoder`"),
-        ({"embedding_layer": "nope"}, ValueError, "Unknown layer name"),
-        ({"discriminator_width": 0}, ValueError, "`width`"),
+        ({"embedding_layer": "nope"}, ValueError, "unknown layer name"),
+        ({"discriminator_width": 0}, ValueError, "`discriminator_width`"),
         ({"discriminator": ProjectionDiscriminator(8, 3), "discriminator_width": 16}, ValueError, "_width"),
         ({"discriminator": _BadShape()}, ValueError, "scores"),
         ({"discriminator": "mlp"}, TypeError, "torch.nn.Module"),

@@ -459,7 +459,7 @@ def test_denoiser_attached_to_the_classifier_is_not_applied_twice(tiny_classifie
         (lambda c: DenoiserTrainer(c, _denoiser(), FastGradientMethod(c), optimizer=c.optimizer), ValueError,
          "denoiser's parameters"),
         (lambda c: DenoiserTrainer(c, _denoiser(), FastGradientMethod(c), guide_layer="nope"), ValueError,
-         "Unknown layer"),
+         "unknown layer"),
         (lambda c: DenoiserTrainer(c, _denoiser(), FastGradientMethod(c), regenerate="always"), ValueError,
          "`regenerate`"),
         (lambda c: DenoiserTrainer(c, _denoiser(), FastGradientMethod(c), normalization="global"), ValueError,

@@ -51,7 +51,7 @@ def test_resolve_rejects_bad_specs(spec):
 
 
 def test_unknown_layer_rejected_at_construction():
-    with pytest.raises(ValueError, match="Unknown layer name"):
+    with pytest.raises(ValueError, match="unknown layer name"):
         make_classifier(layers=["stem.unit.conv", "stem.unit.nonexistent"])
 
 
@@ -122,7 +122,7 @@ def test_get_activations_nested_names_no_leaks(tiny_classifier):
     assert isinstance(tensor, torch.Tensor) and tensor.requires_grad
     with pytest.raises(ValueError, match="out of range"):
         tiny_classifier.get_activations(x, 10)
-    with pytest.raises(ValueError, match="Unknown layer"):
+    with pytest.raises(ValueError, match="unknown layer"):
         tiny_classifier.get_activations(x, "block2.conv.9")
 
 

@@ -257,7 +257,7 @@ def test_bf16_autocast_trains(tiny_data):
         ({"variant": "fgs"}, "`variant` must be one of"),
         ({"alpha": 1.0}, r"`alpha` must be in \[0.0, 1.0\)"),
         ({"alpha": -0.1}, "`alpha`"),
-        ({"layers": ["stem.unit.nope"]}, "Unknown layer name"),
+        ({"layers": ["stem.unit.nope"]}, "unknown layer name"),
         ({"seed": -1}, "`seed`"),
     ],
 )

@@ -229,7 +229,7 @@ def test_lsa_rejects_bad_input(tiny_data, call, error, match):
 
 def test_lsa_rejects_bad_layers():
     clf = make_classifier()
-    with pytest.raises(ValueError, match="Unknown layer name"):
+    with pytest.raises(ValueError, match="unknown layer name"):
         LayerSustainabilityAnalysis(clf, layers=["nope"])
     with pytest.raises(ValueError, match="include_logits"):
         LayerSustainabilityAnalysis(clf, layers=["fc"], include_logits=True)
@@ -381,7 +381,7 @@ def test_make_fast_attack():
         ({"beta": 0.0}, "`beta`"),
         ({"eta": float("nan")}, "`eta`"),
         ({"lsa_samples": 0}, "`lsa_samples`"),
-        ({"layers": ["nope"]}, "Unknown layer name"),
+        ({"layers": ["nope"]}, "unknown layer name"),
     ],
 )
 def test_atlr_bad_hyper_parameters_rejected(kwargs, match):

@@ -192,7 +192,7 @@ def test_plain_latent_trainer_learns(tiny_classifier, tiny_data):
         ({"xi": float("nan")}, ValueError, "`xi`"),
         ({"budgets": (0.0, -0.1)}, ValueError, "`budgets`"),
         ({"budgets": ()}, ValueError, "empty"),
-        ({"layers": ["stem.unit.nope"]}, ValueError, "Unknown layer name"),
+        ({"layers": ["stem.unit.nope"]}, ValueError, "unknown layer name"),
         ({"regenerate": "always"}, ValueError, "`regenerate`"),
         ({"normalization": "global"}, ValueError, "`normalization`"),
         ({"p": 3}, ValueError, "`p`"),

@@ -326,6 +326,7 @@ def _named_sources(kind: str, spec: Any, classifier: LatentClassifier) -> list[t
     """Normalise the `attack` / `noise` arguments of :meth:`LayerSustainabilityAnalysis.run` to named sources."""
     if spec is None:
         return []
+    items: list[tuple[str | None, Any]]
     if isinstance(spec, Mapping):
         items = [(str(name), value) for name, value in spec.items()]
     elif isinstance(spec, (str, PerturbationSource)) or not isinstance(spec, Sequence):
@@ -336,13 +337,14 @@ def _named_sources(kind: str, spec: Any, classifier: LatentClassifier) -> list[t
         raise ValueError(f"`{kind}` is empty.")
     named = []
     for name, value in items:
+        source: PerturbationSource
         if isinstance(value, str):
             if kind != "noise":
                 raise ValueError(f"`{kind}` entries must be ART attacks or perturbation sources, got {value!r}.")
-            source: PerturbationSource = NoiseSource(value, clip_values=classifier.clip_values)
-            label = name or source.kind
+            noise = NoiseSource(value, clip_values=classifier.clip_values)
+            source, label = noise, name or noise.kind
         else:
-            source = as_perturbation_source(value)
+            source = as_perturbation_source(value, argument=kind)
             label = name or _source_label(value)
         named.append((label, source))
     return named

@@ -53,13 +53,16 @@ def final_linear_layer(classifier: LatentClassifier) -> str:
     return linears[-1]
 
 
-def resolve_embedding(classifier: LatentClassifier, layer: str | int | None = None) -> EmbeddingSite:
+def resolve_embedding(
+    classifier: LatentClassifier, layer: str | int | None = None, argument: str = "layer"
+) -> EmbeddingSite:
     """
     Resolve an embedding specification.
 
     :param classifier: The classifier.
     :param layer: ``None`` (default): the input of the final linear layer (the AFD paper's representation);
                   otherwise a module name (or an index into ``latent_layers``) whose **output** is the embedding.
+    :param argument: The name of the argument `layer` came from, for error messages.
     :return: The :class:`EmbeddingSite`.
     :raises TypeError: If `classifier` is not a :class:`~art_latent.LatentClassifier`.
     :raises ValueError: If `layer` names no module, or names several (a pattern).
@@ -71,9 +74,9 @@ def resolve_embedding(classifier: LatentClassifier, layer: str | int | None = No
         )
     if layer is None:
         return EmbeddingSite(final_linear_layer(classifier), True)
-    names = classifier._module_names(layer)
+    names = classifier._module_names(layer, argument=argument)
     if len(names) != 1:
-        raise ValueError(f"The embedding must be one layer; {layer!r} matches {names}.")
+        raise ValueError(f"`{argument}` must name one layer (the embedding); {layer!r} matches {names}.")
     return EmbeddingSite(names[0], False)
 
 
@@ -209,7 +212,7 @@ def representation_dimensionality(
     else:
         ratios = PCA(svd_solver="full").fit(features).explained_variance_ratio_
         # Smallest k whose cumulative ratio reaches `variance` (sklearn's float n_components rule, made explicit).
-        pca_dims = int(min(np.searchsorted(np.cumsum(ratios), variance - 1e-12) + 1, len(ratios)))
+        pca_dims = min(int(np.searchsorted(np.cumsum(ratios), variance - 1e-12)) + 1, len(ratios))
     return {"units": units, "pca_dims": pca_dims, "total_units": int(features.shape[1])}
 
 

@@ -18,7 +18,7 @@ from art.estimators.classification.pytorch import PyTorchClassifier
 from torch import nn
 
 from art_latent.estimator import LatentClassifier
-from art_latent.perturbations import GaussianNoiseSource, budget_pairs
+from art_latent.perturbations import GaussianNoiseSource, PerturbationSource, budget_pairs
 from art_latent.regularizers.disparity import NORMALIZATIONS, latent_disparity
 from art_latent.trainers.base import Batch, LatentTrainer
 from art_latent.utils import preserve_mode
@@ -74,6 +74,7 @@ class DenoisingUNet(nn.Module):
         self.output = nn.Conv2d(channels[0], self.in_channels, 1)
         if identity_init:
             nn.init.zeros_(self.output.weight)
+            assert self.output.bias is not None  # a Conv2d built with its default bias=True
             nn.init.zeros_(self.output.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -260,6 +261,9 @@ class DenoiserTrainer(LatentTrainer):
     | Paper link: https://arxiv.org/abs/1712.02976 (Liao et al.); paper 000: https://arxiv.org/abs/2110.05419
     """
 
+    # Always set after construction: __init__ calls set_attack() (the base class allows None for methods without one).
+    attack: PerturbationSource
+
     def __init__(
         self,
         classifier: LatentClassifier | PyTorchClassifier,
@@ -387,7 +391,7 @@ class DenoiserTrainer(LatentTrainer):
         if guide_layer == LOGITS:
             return LOGITS
         if guide_layer != LAST_CONV:
-            names = self._plain._module_names(guide_layer)
+            names = self._plain._module_names(guide_layer, argument="guide_layer")
             if len(names) != 1:
                 raise ValueError(f"`guide_layer` must name one layer, {guide_layer!r} matches {names}.")
             return names[0]

@@ -205,12 +205,16 @@ class AFDTrainer(LatentTrainer):
             "lr_encoder", lr_encoder, 0.0, inf, low_open=True, high_open=True)
         self.lr_discriminator = base_lr if lr_discriminator is None else check_range(
             "lr_discriminator", lr_discriminator, 0.0, inf, low_open=True, high_open=True)
+        if discriminator_width is not None:
+            check_int("discriminator_width", discriminator_width)
         if discriminator is not None and discriminator_width is not None:
             raise ValueError("`discriminator_width` sizes the default discriminator; it cannot be combined with "
                              "a given `discriminator`.")
         if optimizer_factory is not None and not callable(optimizer_factory):
             raise TypeError(f"`optimizer_factory` must be callable, got {type(optimizer_factory).__name__}.")
-        self.embedding: EmbeddingSite = resolve_embedding(self._classifier, embedding_layer)
+        self.embedding: EmbeddingSite = resolve_embedding(
+            self._classifier, embedding_layer, argument="embedding_layer"
+        )
         encoder_params, features = self._trace_encoder()
         if discriminator is None:
             discriminator = ProjectionDiscriminator(features, self._classifier.nb_classes, discriminator_width)

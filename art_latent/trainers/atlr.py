@@ -18,7 +18,7 @@ from art.data_generators import DataGenerator
 from art_latent.analysis.lsa import DEFAULT_ETA, LayerSustainabilityAnalysis, LSAResult
 from art_latent.estimator import LatentClassifier
 from art_latent.layers import LayerSpec
-from art_latent.perturbations import PerturbationSource, as_perturbation_source
+from art_latent.perturbations import PerturbationSource
 from art_latent.regularizers.relative_error import layerwise_relative_error
 from art_latent.trainers.base import Batch, LatentTrainer
 from art_latent.trainers.checkpoint import CHECKPOINT_NAME
@@ -121,7 +121,7 @@ class ATLRTrainer(LatentTrainer):
         self.eta = check_range("eta", eta, -float("inf"), float("inf"), low_open=True, high_open=True)
         self.lsa_samples = check_int("lsa_samples", lsa_samples)
         self.lsa_attack: PerturbationSource = (
-            self.attack if lsa_attack is None else as_perturbation_source(lsa_attack, fast=fast_attack)
+            self.attack if lsa_attack is None else self._attack_source(lsa_attack, fast_attack, "lsa_attack")
         )
         self._use_lsa = isinstance(layers, str) and layers == "lsa"
         if isinstance(gamma, Real) and not isinstance(gamma, bool):

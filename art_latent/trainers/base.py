@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from art.estimators.classification.pytorch import PyTorchClassifier
 from tqdm.auto import tqdm
 
 from art_latent.estimator import LatentClassifier
-from art_latent.perturbations import PerturbationSource, as_perturbation_source
+from art_latent.perturbations import PerturbationSource, as_perturbation_source, attacked_model
 from art_latent.trainers import checkpoint as ckpt
 from art_latent.trainers.distributed import DistributedContext, convert_sync_batchnorm
 from art_latent.trainers.interrupts import sigterm_raises
@@ -113,7 +114,7 @@ class LatentTrainer(Trainer):
         self._validation_uses_attack = isinstance(validation_attack, str) and validation_attack == "attack"
         self.validation_attack: PerturbationSource | None = (
             None if validation_attack is None or self._validation_uses_attack
-            else as_perturbation_source(validation_attack)
+            else self._attack_source(validation_attack, True, "validation_attack")
         )
         self.attack: PerturbationSource | None = None
         if seed is not None:
@@ -144,10 +145,23 @@ class LatentTrainer(Trainer):
         :param fast: Use the on-device torch path where it reproduces the attack.
         :return: The perturbation source, also stored as ``self.attack``.
         """
-        self.attack = as_perturbation_source(attack, fast=fast)
+        self.attack = self._attack_source(attack, fast, "attack")
         if self._validation_uses_attack:
             self.validation_attack = self.attack
         return self.attack
+
+    def _attack_source(self, attack: Any, fast: bool, argument: str) -> PerturbationSource:
+        source = as_perturbation_source(attack, fast=fast, argument=argument)
+        model = attacked_model(attack) or attacked_model(source)
+        if model is not None and model is not self._classifier.model:
+            warnings.warn(
+                f"`{argument}` follows the gradients of another model than the trainer's classifier: its examples "
+                "are a transfer attack, not adversarial for the model being trained. Build the attack on the "
+                "trainer's classifier unless a transfer attack is intended.",
+                UserWarning,
+                stacklevel=4,
+            )
+        return source
 
     def _resolve_amp(self, amp: bool | str) -> torch.dtype | None:
         if amp is False or amp is None:
@@ -388,7 +402,7 @@ class LatentTrainer(Trainer):
         :return: The history: one dict per epoch.
         """
         if kwargs:
-            raise TypeError(f"Unexpected keyword arguments for fit: {sorted(kwargs)}.")
+            raise TypeError(f"Unexpected keyword arguments for fit: {', '.join(f'`{k}`' for k in sorted(kwargs))}.")
         batch_size = check_int("batch_size", batch_size)
         nb_epochs = check_int("nb_epochs", nb_epochs)
         if scheduler is not None and not callable(getattr(scheduler, "step", None)):
@@ -463,7 +477,9 @@ class LatentTrainer(Trainer):
         :return: The history: one dict per epoch.
         """
         if kwargs:
-            raise TypeError(f"Unexpected keyword arguments for fit_generator: {sorted(kwargs)}.")
+            raise TypeError(
+                f"Unexpected keyword arguments for fit_generator: {', '.join(f'`{k}`' for k in sorted(kwargs))}."
+            )
         if not isinstance(generator, DataGenerator):
             raise TypeError(f"`generator` must be an ART DataGenerator, got {type(generator).__name__}.")
         nb_epochs = check_int("nb_epochs", nb_epochs)
@@ -538,7 +554,7 @@ class LatentTrainer(Trainer):
         callbacks = list(callbacks or [])
         for callback in callbacks:
             if not callable(callback):
-                raise TypeError(f"Every callback must be callable, got {type(callback).__name__}.")
+                raise TypeError(f"`callbacks` must hold callables, got {type(callback).__name__}.")
         self._dist = DistributedContext.resolve(self.distributed, self.device)
         self._global_batch_size = 0
         if self._dist is not None:
