@@ -134,13 +134,14 @@ def gradient_masking_flags(
     transfer = accuracy.get("transfer")
     if check_transfer and transfer is not None and white:
         for i, e in enumerate(eps):
-            if e <= 0 or transfer[i] is None:
+            transfer_i = transfer[i]
+            if e <= 0 or transfer_i is None:
                 continue
-            best_name, best = min(((k, float(v[i])) for k, v in white.items() if v[i] is not None),
+            best_name, best = min(((k, float(v_i)) for k, v in white.items() if (v_i := v[i]) is not None),
                                   key=lambda item: item[1], default=(None, math.nan))
-            if best_name is not None and best > float(transfer[i]) + tolerance:
+            if best_name is not None and best > float(transfer_i) + tolerance:
                 flags.append(f"white-box accuracy ({best_name}: {best:.3f}) exceeds transfer-attack accuracy "
-                             f"({float(transfer[i]):.3f}) at eps={fmt(e)}")
+                             f"({float(transfer_i):.3f}) at eps={fmt(e)}")
     return flags
 
 
@@ -434,7 +435,8 @@ class RobustnessReport:
                 if eps == 0:
                     curve.append(clean)
                 elif attack == "transfer":
-                    x_adv = transfer[eps].to(classifier.device)  # type: ignore[index]
+                    assert transfer is not None  # checked above
+                    x_adv = transfer[eps].to(classifier.device)
                     curve.append(accuracy_under_perturbation(classifier, x_adv, y_t, batch_size=self.batch_size))
                 else:
                     curve.append(accuracy_under_perturbation(classifier, x_t, y_t, source, eps=eps,
@@ -499,6 +501,7 @@ class RobustnessReport:
             _inputs(clf, x[:1], y[:1])
         transfer = None
         if "transfer" in self.attacks:
+            assert reference is not None  # checked above: 'transfer' needs a reference model
             transfer = self.transfer_examples(classifiers[reference], x, y)
         models = {}
         for name, clf in tqdm(classifiers.items(), desc="models", disable=not self.verbose):

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -498,10 +499,10 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
     :raises FileNotFoundError: If the file does not exist.
     :raises ValueError: On a TOML syntax error or an invalid value (the message names the key).
     """
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
+    else:  # Python 3.10
+        import tomli as tomllib
 
     path = Path(path)
     if not path.is_file():

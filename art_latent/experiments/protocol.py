@@ -312,7 +312,7 @@ def make_report(config: ExperimentConfig, seed: int, verbose: bool = False) -> A
 
 
 def _describe_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-    out = {}
+    out: dict[str, Any] = {}
     for key, value in kwargs.items():
         if isinstance(value, (bool, int, float, str)) or value is None:
             out[key] = value

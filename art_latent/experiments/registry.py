@@ -62,6 +62,7 @@ def resolve_class(name: str, what: str = "class", accept: Any = None) -> type:
     :raises ValueError: If no such class exists.
     """
     accept = accept or (lambda obj: isinstance(obj, type))
+    obj: Any  # whatever `accept` approves is returned
     if ":" in name:
         try:
             obj = resolve_object(name)
@@ -148,8 +149,8 @@ def resolve_kwargs(kwargs: Mapping[str, Any], context: Mapping[str, Any] | None 
     context = dict(context or {})
 
     def convert(value: Any) -> Any:
-        if isinstance(value, str) and _PER_255.match(value):
-            return float(_PER_255.match(value).group(1)) / 255.0
+        if isinstance(value, str) and (match := _PER_255.match(value)):
+            return float(match.group(1)) / 255.0
         if _is_object_spec(value):
             cls = resolve_class(str(value["object"]))
             args = resolve_kwargs(value.get("kwargs", {}), context)
@@ -192,7 +193,7 @@ def resolve_attack(name: str) -> type:
     return obj
 
 
-def trainer_parameters(cls: type) -> tuple[dict[str, inspect.Parameter], bool]:
+def trainer_parameters(cls: type[Any]) -> tuple[dict[str, inspect.Parameter], bool]:
     """
     The keyword parameters a trainer's constructor accepts, following ``**kwargs`` into
     :class:`~art_latent.trainers.base.LatentTrainer` for its subclasses.
@@ -229,7 +230,7 @@ def check_trainer_kwargs(cls: type, kwargs: Mapping[str, Any]) -> None:
         return
     first = next(iter(params), None)  # the classifier, given by the protocol
     unknown = sorted(set(kwargs) - set(params))
-    if first in kwargs:
+    if first is not None and first in kwargs:
         unknown.append(first)
     if unknown:
         accepted = [k for k in params if k != first]
@@ -245,7 +246,7 @@ def build_attack(spec: Any, classifier: Any, batch_size: int = 256) -> Any:
     :param batch_size: The attack's ``batch_size`` unless its ``kwargs`` set one.
     :return: The attack.
     """
-    cls = resolve_attack(spec.name)
+    cls: type[Any] = resolve_attack(spec.name)
     kwargs = dict(spec.kwargs)
     accepted = inspect.signature(cls.__init__).parameters
     if "eps" in accepted:

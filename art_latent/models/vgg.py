@@ -11,6 +11,7 @@ import logging
 import math
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import nn
@@ -165,7 +166,7 @@ class VGG(nn.Module):
         return [
             f"block{index}.conv.{unit}"
             for index, block in enumerate(self.blocks, start=1)
-            for unit in range(len(block.conv))
+            for unit in range(len(cast(nn.Sequential, block.conv)))
         ]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

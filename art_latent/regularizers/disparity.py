@@ -5,7 +5,8 @@ HLDR's latent disparity (paper 000, eq. 3).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import cast
 
 import torch
 
@@ -13,6 +14,11 @@ logger = logging.getLogger(__name__)
 
 NORMALIZATIONS = ("batch", "layer", "sample")
 _TINY = 1e-12
+
+
+def _sum(terms: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Python's ``sum`` of a non-empty iterable of tensors (``0 + t`` is a tensor), typed as one."""
+    return cast(torch.Tensor, sum(terms))
 
 
 def _entry_norm(t: torch.Tensor, p: int) -> torch.Tensor:
@@ -70,11 +76,11 @@ def latent_disparity(
 
     if normalization == "batch":
         if p == 1:
-            num = sum((a - b).abs().sum() for a, b in zip(clean, perturbed, strict=True))
-            den = sum(a.abs().sum() for a in clean)
+            num = _sum((a - b).abs().sum() for a, b in zip(clean, perturbed, strict=True))
+            den = _sum(a.abs().sum() for a in clean)
         else:
-            num = sum((a - b).square().sum() for a, b in zip(clean, perturbed, strict=True)).clamp_min(_TINY).sqrt()
-            den = sum(a.square().sum() for a in clean).clamp_min(_TINY).sqrt()
+            num = _sum((a - b).square().sum() for a, b in zip(clean, perturbed, strict=True)).clamp_min(_TINY).sqrt()
+            den = _sum(a.square().sum() for a in clean).clamp_min(_TINY).sqrt()
         return num / den.clamp_min(_TINY)
 
     # "sample": per-sample sums over every layer's non-batch dims
@@ -82,8 +88,8 @@ def latent_disparity(
         flat = t.reshape(t.shape[0], -1)
         return flat.abs().sum(dim=1) if p == 1 else flat.square().sum(dim=1)
 
-    num = sum(per_sample(a - b) for a, b in zip(clean, perturbed, strict=True))
-    den = sum(per_sample(a) for a in clean)
+    num = _sum(per_sample(a - b) for a, b in zip(clean, perturbed, strict=True))
+    den = _sum(per_sample(a) for a in clean)
     if p == 2:
         num, den = num.clamp_min(_TINY).sqrt(), den.clamp_min(_TINY).sqrt()
     return (num / den.clamp_min(_TINY)).mean()

@@ -83,7 +83,8 @@ def layerwise_relative_error(
     if len(clean) != len(perturbed) or not clean:
         raise ValueError(f"Need the same non-zero number of clean and perturbed layers, got {len(clean)} and "
                          f"{len(perturbed)}.")
-    weights = [float(gamma)] * len(clean) if isinstance(gamma, Real) else [float(g) for g in gamma]
+    # float is listed for the type checker, which does not count it as a numbers.Real.
+    weights = [float(gamma)] * len(clean) if isinstance(gamma, (float, Real)) else [float(g) for g in gamma]
     if len(weights) != len(clean):
         raise ValueError(f"`gamma` has {len(weights)} weights for {len(clean)} layers.")
     if any(not w >= 0 for w in weights):

@@ -14,6 +14,7 @@ from art_latent.estimator import LatentClassifier
 from art_latent.layers import LayerSpec
 from art_latent.perturbations import (
     GaussianNoiseSource,
+    PerturbationSource,
     budget_pairs,
 )
 from art_latent.regularizers import NORMALIZATIONS, latent_disparity
@@ -50,6 +51,9 @@ class HLDRTrainer(LatentTrainer):
 
     | Paper link: https://doi.org/10.1109/IJCNN52387.2021.9533551 (arXiv: https://arxiv.org/abs/2110.05419)
     """
+
+    # Always set after construction: __init__ calls set_attack() (the base class allows None for methods without one).
+    attack: PerturbationSource
 
     def __init__(
         self,

@@ -46,8 +46,10 @@ def perturbation_sites(model: nn.Module, example: torch.Tensor) -> list[str]:
         sites = []
         for i in found:
             following = order[i + 1] if i + 1 < len(order) else None
-            bn = following is not None and isinstance(modules[following], nn.modules.batchnorm._BatchNorm)
-            sites.append(following if bn else order[i])
+            if following is not None and isinstance(modules[following], nn.modules.batchnorm._BatchNorm):
+                sites.append(following)
+            else:
+                sites.append(order[i])
         return list(dict.fromkeys(sites))
 
     sites = sites_after((nn.modules.conv._ConvNd,), skip_last=False)
