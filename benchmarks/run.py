@@ -11,6 +11,7 @@ Run::
 
     python benchmarks/run.py --json benchmarks/results/cpu.json            # CPU, VGG-16 width 0.25, 28x28, batch 64
     python benchmarks/run.py --device cuda --width 1 --size 32 --channels 3 --batch-size 256 --json out.json
+    python benchmarks/run.py --quick                                       # smoke test, well under a minute
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ TARGETS: dict[str, float] = {
 HLDR_ONLINE_VS_ART = 1.6
 FAST_ATTACK_SPEEDUP = 1.2
 HLDR_MEMORY = 2.5
+#: ``--quick``: a tiny model and batch, one timing of one step, no memory runs. Checks that every method and the table
+#: run; the numbers are too noisy to judge the targets. Options given explicitly still win.
+QUICK = {"width": 0.125, "size": 16, "batch_size": 16, "steps": 1, "repeats": 1, "warmup": 1, "no_memory": True}
 
 
 @dataclass
@@ -308,8 +312,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="*", default=None, help="subset of method names")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"smoke test: {', '.join(f'{k}={v}' for k, v in QUICK.items())} (explicit options win)")
     parser.add_argument("--_memory-child", dest="memory_child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.quick:
+        parser.set_defaults(**QUICK)
+        args = parser.parse_args(argv)
     raw = list(sys.argv[1:] if argv is None else argv)
     args.passthrough = [a for i, a in enumerate(raw) if a != "--json" and (i == 0 or raw[i - 1] != "--json")]
     if args.threads:
@@ -330,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     report["ratios"] = {k: v["ms_per_sample"] / methods["plain"]["ms_per_sample"] for k, v in methods.items()}
     report["table"] = _table(report)
     print(report["table"])
+    if args.quick:
+        print("\n--quick: a smoke test on a tiny model and batch; these numbers do not judge the targets.")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2))
