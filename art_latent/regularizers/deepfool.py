@@ -14,6 +14,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 _TINY = 1e-12
+_MAX_EXPONENT = 50.0  # exp(50) ~ 5e21; float32 overflows at exp(88.7)
 
 
 class DeepFoolResult(NamedTuple):
@@ -198,14 +199,18 @@ def deep_defense_regularizer(
     :param c: Scale for correctly classified samples (> 0; 25 in the paper for MNIST/CIFAR-10).
     :param d: Scale for misclassified samples (> 0; 5 in the paper).
     :param reduction: ``"mean"`` (the paper: averaged over the batch), ``"sum"`` or ``"none"``.
-    :return: The regularizer (a scalar, or ``(n,)`` with ``"none"``).
+    :return: The regularizer (a scalar, or ``(n,)`` with ``"none"``); exponents above 50 (far beyond the paper's
+             regime) continue linearly so that value and gradient stay finite.
     """
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"`reduction` must be 'mean', 'sum' or 'none', got {reduction!r}.")
     if ratio.shape != correct.shape:
         raise ValueError(f"`ratio` and `correct` differ in shape: {tuple(ratio.shape)} vs {tuple(correct.shape)}.")
     # One exp of the selected exponent: exp of the unselected branch could overflow and turn the gradient into NaN.
-    values = torch.exp(torch.where(correct, -c * ratio, d * ratio))
+    # Past _MAX_EXPONENT the exponential continues linearly (same value and slope there), so a sample misclassified
+    # far beyond any realistic ratio keeps a finite value and gradient instead of overflowing float32.
+    exponent = torch.where(correct, -c * ratio, d * ratio)
+    values = torch.exp(exponent.clamp(max=_MAX_EXPONENT)) * (1.0 + (exponent - _MAX_EXPONENT).clamp(min=0.0))
     if reduction == "mean":
         return values.mean()
     if reduction == "sum":

@@ -607,9 +607,12 @@ class LatentTrainer(Trainer):
         bar = tqdm(batches, total=nb_batches, desc=f"epoch {epoch + 1}", leave=False, disable=not verbose)
         for step, batch in enumerate(bar):
             n = self._local_batch_size = len(batch["y"])
+            if self.check_finite:
+                self._snapshot_buffers()
             try:
                 loss, logits, logs = self.optimization_step(batch)
             except TrainingDivergedError as error:
+                self._restore_buffers()  # the failing batch's forward pass moved BatchNorm statistics
                 raise self._diverged(error, epoch, step, scheduler) from None
             count += n
             with torch.no_grad():
@@ -645,6 +648,26 @@ class LatentTrainer(Trainer):
             else:
                 scheduler.step()
         return record
+
+    def _snapshot_buffers(self) -> None:
+        # Copied into buffers allocated once: the last good BatchNorm statistics, restored on divergence.
+        saved = getattr(self, "_saved_buffers", None)
+        buffers = list(self._classifier.model.buffers())
+        if saved is None or [s.shape for s in saved] != [b.shape for b in buffers]:
+            self._saved_buffers = [b.detach().clone() for b in buffers]
+            return
+        with torch.no_grad():
+            for copy, buffer in zip(saved, buffers, strict=True):
+                copy.copy_(buffer)
+
+    def _restore_buffers(self) -> None:
+        saved = getattr(self, "_saved_buffers", None)
+        if saved is None:
+            return
+        with torch.no_grad():
+            buffers = list(self._classifier.model.buffers())
+            for buffer, copy in zip(buffers, saved, strict=True):
+                buffer.copy_(copy)
 
     def _diverged(self, error: TrainingDivergedError, epoch: int, step: int, scheduler: Any) -> TrainingDivergedError:
         saved = None

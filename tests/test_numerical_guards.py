@@ -1,0 +1,154 @@
+"""
+Every regularizer and loss stays finite (value and gradient) for extreme logits and dead (all-zero) activations;
+a non-finite loss or gradient stops training naming the epoch, batch and term, and keeps the last good state.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from art.attacks.evasion import FastGradientMethod
+from helpers import make_classifier
+
+from art_latent import HLDRTrainer, LatentTrainer
+from art_latent.regularizers import (
+    deep_defense_regularizer,
+    fisher_trace,
+    latent_disparity,
+    layerwise_relative_error,
+    perturbation_ratio,
+    relative_error,
+    stability_kl,
+)
+from art_latent.trainers.afd import discriminator_loss, encoder_loss
+from art_latent.trainers.base import TrainingDivergedError
+
+EXTREME = [1e4, -1e4, 1e6, 0.0]  # saturated softmax from about 100 on
+
+
+def _finite_value_and_grad(fn, *tensors: torch.Tensor) -> None:
+    leaves = [t.detach().clone().requires_grad_(True) for t in tensors]
+    value = fn(*leaves)
+    assert torch.isfinite(value).all(), value
+    value.sum().backward()
+    for leaf in leaves:
+        assert leaf.grad is not None and torch.isfinite(leaf.grad).all(), leaf.grad
+
+
+def _extreme_logits(scale: float) -> torch.Tensor:
+    logits = torch.zeros(4, 5)
+    logits[:, 0] = scale
+    logits[1, 3] = -scale
+    return logits
+
+
+@pytest.mark.parametrize("scale", EXTREME)
+def test_logit_regularizers_finite_for_extreme_logits(scale):
+    logits = _extreme_logits(scale)
+    _finite_value_and_grad(lambda z: fisher_trace(z), logits)
+    _finite_value_and_grad(lambda z: fisher_trace(z, reduction="sum"), logits)
+    _finite_value_and_grad(stability_kl, logits, logits.flip(1))
+    _finite_value_and_grad(stability_kl, logits, logits)
+    for loss in ("softplus", "wgan", "hinge"):
+        _finite_value_and_grad(lambda a, b, loss=loss: discriminator_loss(a, b, loss), logits[:, 0], logits[:, 1])
+        _finite_value_and_grad(lambda a, loss=loss: encoder_loss(a, loss), logits[:, 0])
+
+
+@pytest.mark.parametrize("kind", ["dead", "dead-clean", "huge"])
+def test_activation_regularizers_finite_for_dead_and_huge_activations(kind):
+    clean = [torch.rand(3, 2, 4, 4), torch.rand(3, 6)]
+    perturbed = [c + 0.1 for c in clean]
+    if kind == "dead":  # ReLU layers that output nothing, for both inputs
+        clean, perturbed = [torch.zeros_like(c) for c in clean], [torch.zeros_like(c) for c in clean]
+    elif kind == "dead-clean":  # nothing for the benign input, something for the perturbed one
+        clean = [torch.zeros_like(c) for c in clean]
+    else:
+        clean, perturbed = [c * 1e18 for c in clean], [c * 1e18 for c in perturbed]
+    for normalization in ("batch", "layer", "sample"):
+        for p in (1, 2):
+            _finite_value_and_grad(
+                lambda *t, n=normalization, p=p: latent_disparity(t[:2], t[2:], n, p), *clean, *perturbed
+            )
+    for reduction in ("mean", "batch", "none"):
+        _finite_value_and_grad(lambda a, b, r=reduction: relative_error(a, b, r), clean[0], perturbed[0])
+    _finite_value_and_grad(lambda *t: layerwise_relative_error(t[:2], t[2:], 1.0), *clean, *perturbed)
+
+
+def test_deep_defense_regularizer_finite_for_zero_inputs_and_large_ratios():
+    _finite_value_and_grad(lambda r: perturbation_ratio(r, torch.zeros(3, 4)), torch.zeros(3, 4))
+    _finite_value_and_grad(lambda r: perturbation_ratio(r, torch.zeros(3, 4)), torch.full((3, 4), 1e3))
+    ratio = torch.tensor([0.0, 1.0, 50.0, 1e6])
+    correct = torch.tensor([True, False, False, True])
+    _finite_value_and_grad(lambda r: deep_defense_regularizer(r, correct), ratio)
+
+
+def _nan_at(trainer: LatentTrainer, call: int, kind: str) -> None:
+    original = trainer.training_step
+    calls = {"n": 0}
+
+    def step(batch):
+        calls["n"] += 1
+        loss, logits, logs = original(batch)
+        if calls["n"] == call:
+            if kind == "loss":
+                loss = loss * float("nan")
+            elif kind == "regularizer":
+                logs = {**logs, "regularizer": logs["regularizer"] * float("inf")}
+                loss = loss + logs["regularizer"]
+            else:  # finite loss, NaN gradient: d sqrt(0 * w) / dw = 0 * inf
+                weight = trainer.classifier.model.fc.weight
+                loss = loss + (weight.abs() * 0.0).sqrt().sum()
+        return loss, logits, logs
+
+    trainer.training_step = step
+
+
+@pytest.mark.parametrize(("kind", "term"), [("loss", "loss"), ("regularizer", "regularizer"),
+                                            ("gradient", "gradient of loss")])
+def test_non_finite_step_stops_with_epoch_batch_term_and_an_emergency_checkpoint(tiny_data, tmp_path, kind, term):
+    x, y = tiny_data
+    clf = make_classifier()
+    trainer = HLDRTrainer(clf, FastGradientMethod(clf, eps=0.1), budgets=(0.0, 0.1), seed=0)
+    _nan_at(trainer, call=6 + 2, kind=kind)  # 96 x 2 pairs = 6 batches of 32 per epoch: epoch 2, batch 2
+    snapshots = []
+    original = trainer.optimization_step
+
+    def record(batch):
+        snapshots.append({k: v.clone() for k, v in clf.model.state_dict().items()})
+        return original(batch)
+
+    trainer.optimization_step = record
+    with pytest.raises(TrainingDivergedError, match=rf"epoch 2, batch 2: non-finite .*{term}") as info:
+        trainer.fit(x, y, nb_epochs=3, batch_size=32, checkpoint_dir=tmp_path, verbose=False)
+    error = info.value
+    assert (error.epoch, error.batch) == (2, 2) and term in error.terms
+    assert error.checkpoint == tmp_path / "emergency.pt" and "emergency.pt" in str(error)
+    # the failing step was not taken: the model holds the state from before that batch, and so does the file
+    good = snapshots[-1]
+    emergency = torch.load(tmp_path / "emergency.pt", weights_only=True)
+    assert (emergency["epoch"], emergency["batch"]) == (1, 1)
+    for name, value in clf.model.state_dict().items():
+        assert torch.equal(value, good[name]) and torch.equal(emergency["model"][name], good[name]), name
+    assert all(torch.isfinite(v).all() for v in clf.model.state_dict().values() if v.is_floating_point())
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epoch"] == 1  # the epoch checkpoint is kept
+    with pytest.raises(ValueError, match="emergency"):  # not a file to resume an epoch from
+        trainer._load_checkpoint(tmp_path / "emergency.pt", None)
+
+
+def test_without_check_finite_the_epoch_means_are_checked(tiny_data):
+    clf = make_classifier()
+    trainer = LatentTrainer(clf, check_finite=False)
+    _nan_at(trainer, call=2, kind="loss")
+    with pytest.raises(TrainingDivergedError, match=r"epoch means of \['loss'\] in epoch 1 are not finite"):
+        trainer.fit(*tiny_data, nb_epochs=2, batch_size=32, verbose=False)
+
+
+def test_the_guard_adds_one_check_per_step_and_leaves_results_unchanged(tiny_data):
+    results = []
+    for check in (True, False):
+        clf = make_classifier()
+        LatentTrainer(clf, seed=0, check_finite=check).fit(*tiny_data, nb_epochs=2, batch_size=32, verbose=False)
+        results.append([p.detach().clone() for p in clf.model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))
+    assert np.isfinite(results[0][0].numpy()).all()
