@@ -21,11 +21,16 @@ def _sum(terms: Iterable[torch.Tensor]) -> torch.Tensor:
     return cast(torch.Tensor, sum(terms))
 
 
+def _sqrt(squares: torch.Tensor) -> torch.Tensor:
+    """``sqrt`` that is exactly 0 at 0 with a zero (not infinite) gradient there: identical pairs give 0."""
+    return torch.where(squares > 0, squares.clamp_min(_TINY).sqrt(), torch.zeros_like(squares))
+
+
 def _entry_norm(t: torch.Tensor, p: int) -> torch.Tensor:
     """Entry-wise p-norm of the whole tensor, p in {1, 2}."""
     if p == 1:
         return t.abs().sum()
-    return t.square().sum().clamp_min(_TINY).sqrt()  # clamp: sqrt has an infinite gradient at 0
+    return _sqrt(t.square().sum())
 
 
 def latent_disparity(
@@ -79,8 +84,8 @@ def latent_disparity(
             num = _sum((a - b).abs().sum() for a, b in zip(clean, perturbed, strict=True))
             den = _sum(a.abs().sum() for a in clean)
         else:
-            num = _sum((a - b).square().sum() for a, b in zip(clean, perturbed, strict=True)).clamp_min(_TINY).sqrt()
-            den = _sum(a.square().sum() for a in clean).clamp_min(_TINY).sqrt()
+            num = _sqrt(_sum((a - b).square().sum() for a, b in zip(clean, perturbed, strict=True)))
+            den = _sqrt(_sum(a.square().sum() for a in clean))
         return num / den.clamp_min(_TINY)
 
     # "sample": per-sample sums over every layer's non-batch dims
@@ -91,5 +96,5 @@ def latent_disparity(
     num = _sum(per_sample(a - b) for a, b in zip(clean, perturbed, strict=True))
     den = _sum(per_sample(a) for a in clean)
     if p == 2:
-        num, den = num.clamp_min(_TINY).sqrt(), den.clamp_min(_TINY).sqrt()
+        num, den = _sqrt(num), _sqrt(den)
     return (num / den.clamp_min(_TINY)).mean()
