@@ -11,11 +11,15 @@ from art_latent import LatentClassifier
 
 @pytest.fixture(autouse=True)
 def _art_data_path(tmp_path_factory, monkeypatch):
-    """ART writes files (pickles, saves) to ART_DATA_PATH: keep them out of the user's home."""
+    """ART writes files (pickles, saves) to ART_DATA_PATH: keep them out of the user's home, and fail any test after
+    which our code left a file there."""
     import art.config
 
     path = tmp_path_factory.mktemp("art_data")
     monkeypatch.setattr(art.config, "ART_DATA_PATH", str(path))
+    yield
+    left = sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+    assert not left, f"files left in ART_DATA_PATH by the test: {left}"
 
 
 @pytest.fixture
