@@ -164,18 +164,24 @@ class LatentClassifier(PyTorchClassifier):
         """Every qualified module name of the model (ART's version lists top-level children only)."""
         return [name for name, _ in self.model.named_modules() if name]
 
-    def _module_names(self, layers: str | int | Sequence[str | int] | None, argument: str = "layers") -> list[str]:
+    def _module_names(
+        self, layers: LayerSpec | int | Sequence[str | int | type] | None, argument: str = "layers"
+    ) -> list[str]:
         if layers is None:
             return self.latent_layers
-        items = [layers] if isinstance(layers, (str, int)) else list(layers)
+        items = [layers] if isinstance(layers, (str, int, type)) else list(layers)
         modules = dict(self.model.named_modules())
         names = []
         for item in items:
-            if isinstance(item, bool) or not isinstance(item, (str, int)):
+            if isinstance(item, bool) or not isinstance(item, (str, int, type)):
                 raise TypeError(
-                    f"`{argument}`: layers are given by name (str) or index into latent_layers (int), got {item!r}."
+                    f"`{argument}`: layers are given by name or pattern (str), module type, or index into "
+                    f"latent_layers (int), got {item!r}."
                 )
-            if isinstance(item, int):
+            if isinstance(item, type) or item == "auto":
+                names.extend(self._resolve(item) if item == "auto" else resolve_layers(self.model, item,
+                                                                                         argument=argument))
+            elif isinstance(item, int):
                 if not -len(self._latent_layers) <= item < len(self._latent_layers):
                     raise ValueError(
                         f"`{argument}`: layer index {item} out of range for {len(self._latent_layers)} latent layers "
@@ -250,7 +256,7 @@ class LatentClassifier(PyTorchClassifier):
             raise RuntimeError(f"Layers {missing} did not run in the forward pass; they cannot be regularized.")
         return logits, {name: store[name] for name in names}
 
-    def get_activations(  # type: ignore[override]
+    def get_activations(
         self,
         x: np.ndarray | torch.Tensor,
         layer: int | str | None = None,

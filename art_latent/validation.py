@@ -5,6 +5,7 @@ Checks that reject bad input with a clear message before any work is done.
 from __future__ import annotations
 
 import logging
+import math
 from numbers import Integral, Real
 from typing import Any
 
@@ -43,13 +44,16 @@ def check_range(
     :return: ``float(value)``.
     """
     interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-    if isinstance(value, bool) or not isinstance(value, Real) or not np.isfinite(value) and value != high:
+    if isinstance(value, bool) or not isinstance(value, Real):
         raise ValueError(f"`{name}` must be a real number in {interval}, got {value!r}.")
-    ok_low = value > low if low_open else value >= low
-    ok_high = value < high if high_open else value <= high
+    number = float(value)
+    if not math.isfinite(number) and number != high:
+        raise ValueError(f"`{name}` must be a real number in {interval}, got {value!r}.")
+    ok_low = number > low if low_open else number >= low
+    ok_high = number < high if high_open else number <= high
     if not (ok_low and ok_high):
         raise ValueError(f"`{name}` must be in {interval}, got {value!r}.")
-    return float(value)
+    return number
 
 
 def check_choice(name: str, value: Any, choices: tuple) -> Any:

@@ -162,3 +162,16 @@ def test_from_classifier_and_type_errors():
         LatentClassifier.from_classifier(object())
     with pytest.raises(TypeError, match="torch.nn.Module"):
         LatentClassifier(lambda x: x, nn.CrossEntropyLoss(), (1, 8, 8), 3)
+
+
+def test_methods_accept_module_types_and_auto_as_layers(tiny_classifier):
+    from art.attacks.evasion import FastGradientMethod
+    from torch import nn
+
+    from art_latent import HLDRTrainer
+
+    assert tiny_classifier._module_names(nn.ELU) == ["stem.unit.act"]
+    assert tiny_classifier._module_names(["fc", nn.ELU]) == ["fc", "stem.unit.act"]
+    assert tiny_classifier._module_names("auto") == tiny_classifier.latent_layers
+    trainer = HLDRTrainer(tiny_classifier, FastGradientMethod(tiny_classifier, eps=0.1), layers=nn.ELU)
+    assert trainer.layers == ["stem.unit.act"]

@@ -418,12 +418,12 @@ class LatentTrainer(Trainer):
         self._seed_everything()
         x_t, y_t = self._to_device(x_np, y_np)
 
-        state = {"data": None}
+        state: list[Batch] = []  # the per-sample tensors, made by prepare_data at the first epoch
 
         def epoch_batches(epoch: int) -> tuple[int, Iterator[Batch]]:
-            if state["data"] is None:
-                state["data"] = self.prepare_data(x_t, y_t)
-            data = state["data"] = self.on_epoch_start(epoch, state["data"])
+            if not state:
+                state.append(self.prepare_data(x_t, y_t))
+            data = state[0] = self.on_epoch_start(epoch, state[0])
             n = len(data["y"])
             if shuffle:
                 order = torch.randperm(n, generator=self._shuffle_generator).to(self.device)
@@ -564,11 +564,12 @@ class LatentTrainer(Trainer):
             verbose = verbose and self._dist.is_main
         self._scaler = torch.amp.GradScaler(self.device.type) if self._amp_dtype == torch.float16 else None
         self._checkpoint = checkpoint
+        path, every = (None, 1) if checkpoint is None else (checkpoint[0] / ckpt.CHECKPOINT_NAME, checkpoint[1])
         start_epoch = 0
         self.history = []
-        if resume and checkpoint is not None and (checkpoint[0] / ckpt.CHECKPOINT_NAME).exists():
-            start_epoch = self._load_checkpoint(checkpoint[0] / ckpt.CHECKPOINT_NAME, scheduler)
-            logger.info("Resumed from %s after epoch %d.", checkpoint[0] / ckpt.CHECKPOINT_NAME, start_epoch)
+        if resume and path is not None and path.exists():
+            start_epoch = self._load_checkpoint(path, scheduler)
+            logger.info("Resumed from %s after epoch %d.", path, start_epoch)
         self._stop = False
         with sigterm_raises(), preserve_mode(model), preserve_requires_grad(model), self.fit_context():
             epochs = tqdm(range(start_epoch, nb_epochs), desc=type(self).__name__, disable=not verbose, unit="epoch")
@@ -578,14 +579,14 @@ class LatentTrainer(Trainer):
                 self.history.append(ckpt.plain(record))
                 epochs.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k not in ("epoch", "lr", "time_s")})
                 logger.info("epoch %d: %s", epoch + 1, record)
-                due = checkpoint is not None and (epoch + 1 == nb_epochs or (epoch + 1) % checkpoint[1] == 0)
-                if due:  # before the callbacks: a callback that raises must not cost this epoch
-                    self._write(checkpoint[0] / ckpt.CHECKPOINT_NAME, epoch + 1, scheduler)
+                due = path is not None and (epoch + 1 == nb_epochs or (epoch + 1) % every == 0)
+                if path is not None and due:  # before the callbacks: a callback that raises must not cost this epoch
+                    self._write(path, epoch + 1, scheduler)
                 for callback in callbacks:
                     if callback(self, epoch, record) is True:
                         self._stop = True
-                if self._stop and checkpoint is not None and not due:
-                    self._write(checkpoint[0] / ckpt.CHECKPOINT_NAME, epoch + 1, scheduler)
+                if path is not None and self._stop and not due:
+                    self._write(path, epoch + 1, scheduler)
                 if self._stop:
                     logger.info("Stopped by a callback after epoch %d.", epoch + 1)
                     break
