@@ -108,7 +108,6 @@ def _cases() -> list[Case]:
         ("agnt", "GaussianNoiseTrainer", lambda cls, c: cls(c), "Gaussian-noise training"),
         ("stability", "StabilityTrainer", lambda cls, c: cls(c), "stability training"),
         ("afd", "AFDTrainer", lambda cls, c: cls(c, _fgsm(c)), "AFD (FGSM attack)"),
-        ("deep_defense", "DeepDefenseTrainer", lambda cls, c: cls(c), "Deep Defense (5 DeepFool iterations)"),
         ("layerwise_orig", "LayerwisePerturbationTrainer", lambda cls, c: cls(c), "layerwise perturbation, orig"),
         ("atlr", "ATLRTrainer", lambda cls, c: cls(c, _fgsm(c), layers=c.latent_layers[:2]), "AT-LR (FGSM)"),
     ]
@@ -118,7 +117,25 @@ def _cases() -> list[Case]:
             logger.warning("%s is not available; skipped.", class_name)
             continue
         cases.append(Case(name, lambda c, x, y, cls=cls, make=make: _trainer_step(make(cls, c), x, y), description))
+    if hasattr(T, "DeepDefenseTrainer"):
+        cases.insert(next(i for i, c in enumerate(cases) if c.name == "afd") + 1, Case(
+            "deep_defense", _deep_defense_step,
+            "Deep Defense (5 DeepFool iterations; labels: the model's predictions)",
+        ))
     return cases
+
+
+def _deep_defense_step(clf: Any, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    # With random labels nearly every sample of the untrained model is misclassified, its DeepFool distance to the
+    # random label is thousands of times |x| and the regularizer's exp(d * ratio) diverges in the first step (the
+    # NaN guard stops it). Labelling the batch with the model's own predictions keeps every step finite and times
+    # the costlier branch (correctly classified samples search every candidate class).
+    from art_latent.trainers import DeepDefenseTrainer
+
+    with torch.no_grad():
+        clf.model.eval()
+        labels = clf.model(x).argmax(1)
+    return _trainer_step(DeepDefenseTrainer(clf), x, labels)
 
 
 def _art_adversarial_trainer(clf: Any, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
