@@ -16,7 +16,7 @@ PCA dimensions holding 99% of the embedding's variance.
 Data and model: the bundled Fashion-MNIST subset (3000 training / 1000 test images), SmallCNN (two conv units and a
 64-unit dense layer, BatchNorm, ELU); SGD with momentum 0.9, learning rate 0.01, batch 64.
 
-Run: ``python examples/afd.py [--out DIR] [--seed N]`` (about 1.5 minutes on 2 CPU cores); ``--smoke`` runs it on
+Run: ``python examples/afd.py [--out DIR] [--seed N]`` (about a minute on 2 CPU cores); ``--smoke`` runs it on
 a few dozen images in seconds.
 """
 

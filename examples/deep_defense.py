@@ -15,7 +15,7 @@ Data and model: the bundled Fashion-MNIST subset (3000 training / 1000 test imag
 dense layer, BatchNorm, ELU); pre-training with Nadam, fine-tuning with SGD (momentum 0.9, learning rate 2e-3),
 batch 64. A Deep Defense step costs about 20-50 plain steps.
 
-Run: ``python examples/deep_defense.py [--out DIR] [--seed N]`` (about 1.5 minutes on 2 CPU cores); ``--smoke``
+Run: ``python examples/deep_defense.py [--out DIR] [--seed N]`` (about a minute on 2 CPU cores); ``--smoke``
 runs it on a few dozen images in seconds.
 """
 

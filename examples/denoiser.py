@@ -19,7 +19,7 @@ Data and model: the bundled Fashion-MNIST subset (3000 training / 1000 test imag
 ELU), pre-trained on the training images; the denoiser (width 8, two levels) is trained on the pairs of the second
 half of them. A PNG shows a few images: clean, FGSM 16/255, denoised, and what the denoiser removed.
 
-Run: ``python examples/denoiser.py [--out DIR] [--seed N]`` (about 1.5 minutes on 2 CPU cores); ``--smoke`` runs it
+Run: ``python examples/denoiser.py [--out DIR] [--seed N]`` (about a minute on 2 CPU cores); ``--smoke`` runs it
 on a few dozen images in seconds.
 """
 
