@@ -145,6 +145,10 @@ def test_gradient_masking_flags():
     assert len(rising) == 1 and "rises" in rising[0] and "eps=25.5/255" in rising[0]
     flat = gradient_masking_flags({"pgd": [0.9, 0.9, 0.9]}, eps)
     assert len(flat) == 1 and "does not fall" in flat[0]
+    # PGD weaker than FGSM at a budget: flagged at that budget only.
+    weaker = gradient_masking_flags({"fgsm": [0.9, 0.5, 0.2], "pgd": [0.9, 0.6, 0.1]}, eps)
+    assert weaker == ["pgd accuracy (0.600) exceeds single-step FGSM accuracy (0.500) at eps=25.5/255"]
+    assert gradient_masking_flags({"fgsm": [0.9, 0.5, 0.2], "pgd": [0.9, 0.6, 0.1]}, eps, tolerance=0.2) == []
 
 
 # ---------------------------------------------------------------------------------------------------- report

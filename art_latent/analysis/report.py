@@ -103,7 +103,10 @@ def gradient_masking_flags(
       than the transfer attack from the undefended model at the same budget: a white-box attack with working
       gradients is at least as strong as a black-box one;
     * a white-box attack's accuracy *rises* from one budget to the next, or does not fall from the smallest to the
-      largest budget: a larger ball contains the smaller one.
+      largest budget: a larger ball contains the smaller one;
+    * an iterative attack (PGD, AutoAttack) leaves a *higher* accuracy than single-step FGSM at the same budget:
+      with working gradients, more steps (PGD's first step is FGSM's, up to its random start) find at least as many
+      adversarial examples.
 
     Each comparison allows `tolerance` (absolute accuracy) for sampling noise.
 
@@ -131,6 +134,16 @@ def gradient_masking_flags(
         if len(eps) > 1 and eps[-1] > eps[0] and values[-1] >= values[0] - tolerance:
             flags.append(f"{name}: accuracy does not fall as eps grows ({values[0]:.3f} at eps={fmt(eps[0])}, "
                          f"{values[-1]:.3f} at eps={fmt(eps[-1])})")
+    fgsm = white.get("fgsm")
+    for name in ("pgd", "autoattack"):
+        curve = white.get(name)
+        if fgsm is None or curve is None:
+            continue
+        for i, e in enumerate(eps):
+            single, iterative = fgsm[i], curve[i]
+            if e > 0 and single is not None and iterative is not None and float(iterative) > float(single) + tolerance:
+                flags.append(f"{name} accuracy ({float(iterative):.3f}) exceeds single-step FGSM accuracy "
+                             f"({float(single):.3f}) at eps={fmt(e)}")
     transfer = accuracy.get("transfer")
     if check_transfer and transfer is not None and white:
         for i, e in enumerate(eps):

@@ -258,6 +258,8 @@ class ATLRTrainer(LatentTrainer):
                                                    list(weights))
             loss = base_loss + regularizer
             logs["regularizer"] = regularizer.detach()
+        else:  # plain AT (gamma = 0) logs the same keys as AT-LR, so both fill one table
+            logs["regularizer"] = torch.zeros((), device=base_loss.device)
         logs["base_loss"] = base_loss.detach()
         with torch.no_grad():
             logs["adv_accuracy"] = (logits_adv.argmax(1) == y).float().mean()

@@ -50,6 +50,7 @@ class HLDRTrainer(LatentTrainer):
     also what ``fit_generator`` does).
 
     | Paper link: https://doi.org/10.1109/IJCNN52387.2021.9533551 (arXiv: https://arxiv.org/abs/2110.05419)
+    | Authors' code: https://github.com/dmschwar/robust-ldr
     """
 
     # Always set after construction: __init__ calls set_attack() (the base class allows None for methods without one).
