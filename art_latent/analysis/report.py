@@ -135,14 +135,14 @@ def gradient_masking_flags(
             flags.append(f"{name}: accuracy does not fall as eps grows ({values[0]:.3f} at eps={fmt(eps[0])}, "
                          f"{values[-1]:.3f} at eps={fmt(eps[-1])})")
     fgsm = white.get("fgsm")
-    for name in ("pgd", "autoattack"):
-        curve = white.get(name)
-        if fgsm is None or curve is None:
+    for iterative_name in ("pgd", "autoattack"):
+        iterative_curve = white.get(iterative_name)
+        if fgsm is None or iterative_curve is None:
             continue
         for i, e in enumerate(eps):
-            single, iterative = fgsm[i], curve[i]
+            single, iterative = fgsm[i], iterative_curve[i]
             if e > 0 and single is not None and iterative is not None and float(iterative) > float(single) + tolerance:
-                flags.append(f"{name} accuracy ({float(iterative):.3f}) exceeds single-step FGSM accuracy "
+                flags.append(f"{iterative_name} accuracy ({float(iterative):.3f}) exceeds single-step FGSM accuracy "
                              f"({float(single):.3f}) at eps={fmt(e)}")
     transfer = accuracy.get("transfer")
     if check_transfer and transfer is not None and white:
