@@ -5,10 +5,8 @@ AT-LR: layer-wise regularized adversarial training over the LSA most-vulnerable 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from numbers import Real
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,8 +19,7 @@ from art_latent.estimator import LatentClassifier
 from art_latent.layers import LayerSpec
 from art_latent.perturbations import PerturbationSource
 from art_latent.regularizers.relative_error import layerwise_relative_error
-from art_latent.trainers.base import Batch, Callback, LatentTrainer
-from art_latent.trainers.checkpoint import CHECKPOINT_NAME
+from art_latent.trainers.base import Batch, LatentTrainer
 from art_latent.validation import check_choice, check_int, check_range
 
 logger = logging.getLogger(__name__)
@@ -185,48 +182,23 @@ class ATLRTrainer(LatentTrainer):
             self.select_layers(x[index], y[index])
         return {"x": x, "y": y}
 
-    def fit_generator(  # pylint: disable=W0221
-        self,
-        generator: DataGenerator,
-        nb_epochs: int = 20,
-        validation_data: tuple[np.ndarray, np.ndarray] | None = None,
-        scheduler: Any = None,
-        callbacks: Sequence[Callback] | None = None,
-        verbose: bool = True,
-        checkpoint_dir: str | os.PathLike | None = None,
-        checkpoint_every: int = 1,
-        resume: bool = False,
-        **kwargs: Any,
-    ) -> list[dict[str, float]]:
+    def prepare_generator(self, generator: DataGenerator, resuming: bool) -> None:
         """
-        As :meth:`LatentTrainer.fit_generator`; with ``layers="lsa"`` (and no selection yet) the analysis runs first
-        on batches drawn from `generator` (about ``lsa_samples`` samples), unless a checkpoint to resume from holds
-        the selection.
+        With ``layers="lsa"`` and no selection yet, run the analysis on about ``lsa_samples`` samples drawn from
+        `generator` before the first epoch (not when resuming: the checkpoint holds the selection).
 
-        :param generator: An ART ``DataGenerator``.
-        :param nb_epochs: Number of epochs.
-        :param validation_data: See :meth:`LatentTrainer.fit`.
-        :param scheduler: See :meth:`LatentTrainer.fit`.
-        :param callbacks: See :meth:`LatentTrainer.fit`.
-        :param verbose: Show progress bars.
-        :param checkpoint_dir: See :meth:`LatentTrainer.fit`.
-        :param checkpoint_every: See :meth:`LatentTrainer.fit`.
-        :param resume: See :meth:`LatentTrainer.fit`.
-        :return: The history.
+        :param generator: The ART ``DataGenerator``.
+        :param resuming: Whether ``fit_generator`` resumes from a checkpoint.
         """
-        resuming = resume and checkpoint_dir is not None and (Path(checkpoint_dir) / CHECKPOINT_NAME).exists()
-        if self.regularized and self.layers is None and isinstance(generator, DataGenerator) and not resuming:
-            xs, ys, count = [], [], 0
-            while count < self.lsa_samples:
-                x_b, y_b = self._check(*generator.get_batch())
-                xs.append(x_b)
-                ys.append(y_b)
-                count += len(x_b)
-            self.select_layers(np.concatenate(xs)[: self.lsa_samples], np.concatenate(ys)[: self.lsa_samples])
-        return super().fit_generator(
-            generator, nb_epochs=nb_epochs, validation_data=validation_data, scheduler=scheduler, callbacks=callbacks,
-            verbose=verbose, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume, **kwargs
-        )
+        if not self.regularized or self.layers is not None or resuming:
+            return
+        xs, ys, count = [], [], 0
+        while count < self.lsa_samples:
+            x_b, y_b = self._check(*generator.get_batch())
+            xs.append(x_b)
+            ys.append(y_b)
+            count += len(x_b)
+        self.select_layers(np.concatenate(xs)[: self.lsa_samples], np.concatenate(ys)[: self.lsa_samples])
 
     # ------------------------------------------------------------------ step
 

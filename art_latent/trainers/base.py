@@ -195,6 +195,16 @@ class LatentTrainer(Trainer):
         """
         return {"x": x, "y": y}
 
+    def prepare_generator(self, generator: DataGenerator, resuming: bool) -> None:
+        """
+        Called once at the start of ``fit_generator``, after validation and seeding, before the first epoch: the
+        generator counterpart of :meth:`prepare_data` for methods that need data once (AT-LR's layer analysis).
+        Batches drawn here are not given back to the generator. Default: nothing.
+
+        :param generator: The ART ``DataGenerator``.
+        :param resuming: Whether ``fit_generator`` resumes from a checkpoint (whose method state is loaded next).
+        """
+
     def on_epoch_start(self, epoch: int, data: Batch) -> Batch:
         """
         Called before each epoch of ``fit``; may return new per-sample tensors (e.g. regenerated adversarial pairs).
@@ -495,6 +505,8 @@ class LatentTrainer(Trainer):
         if validation_data is not None:
             val = self._to_device(*self._check(*validation_data, name="validation_data[0]"))
         self._seed_everything()
+        resuming = resume and checkpoint is not None and (checkpoint[0] / ckpt.CHECKPOINT_NAME).exists()
+        self.prepare_generator(generator, resuming)
         nb_batches = math.ceil(generator.size / generator.batch_size)
 
         def epoch_batches(epoch: int) -> tuple[int, Iterator[Batch]]:
