@@ -193,6 +193,7 @@ def resolve_layers(
                     raise ValueError(f"`{argument}` pattern {item!r} matches no module name.")
             else:
                 close = difflib.get_close_matches(item, named, n=5, cutoff=0.6)
+                close += [n for n in named if (item in n or n.split(".")[-1] == item) and n not in close][:5]
                 hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
                 raise ValueError(
                     f"`{argument}`: unknown layer name {item!r}, not in model.named_modules().{hint} "

@@ -243,3 +243,8 @@ def test_an_attack_on_another_model_warns_of_a_transfer_attack():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         HLDRTrainer(clf, FastGradientMethod(clf, eps=0.1))  # same classifier: no warning
+
+
+def test_a_leaf_name_alone_suggests_the_qualified_names():
+    with pytest.raises(ValueError, match=r"Did you mean .*'stem.unit.bn'"):
+        make_classifier(layers=["bn"])

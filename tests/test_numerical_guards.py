@@ -11,7 +11,7 @@ import torch
 from art.attacks.evasion import FastGradientMethod
 from helpers import make_classifier
 
-from art_latent import HLDRTrainer, LatentTrainer
+from art_latent import HLDRTrainer, LatentClassifier, LatentTrainer
 from art_latent.regularizers import (
     deep_defense_regularizer,
     fisher_trace,
@@ -152,3 +152,77 @@ def test_the_guard_adds_one_check_per_step_and_leaves_results_unchanged(tiny_dat
         results.append([p.detach().clone() for p in clf.model.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))
     assert np.isfinite(results[0][0].numpy()).all()
+
+
+def test_afd_divergence_after_the_classification_step_says_so(tiny_classifier, tiny_data):
+    from art_latent.trainers import AFDTrainer
+
+    trainer = AFDTrainer(tiny_classifier, FastGradientMethod(tiny_classifier, eps=0.1), validation_attack=None)
+    original = trainer.discriminator.forward
+    calls = {"n": 0}
+
+    def forward(h, y):
+        calls["n"] += 1
+        scores = original(h, y)
+        return scores * float("nan") if calls["n"] == 3 else scores  # batch 2's discriminator step
+
+    trainer.discriminator.forward = forward
+    with pytest.raises(TrainingDivergedError, match=r"batch 2: non-finite discriminator loss.*but 1 earlier "
+                                                    r"optimizer step\(s\) of this batch were"):
+        trainer.fit(*tiny_data, nb_epochs=1, batch_size=32, verbose=False)
+
+
+def test_denoiser_divergence_restores_the_denoiser_batchnorm(tiny_classifier, tiny_data):
+    from art_latent.defences import DenoiserTrainer, FeatureGuidedDenoiser
+
+    denoiser = FeatureGuidedDenoiser(1, width=4, depth=1, device_type="cpu", identity_init=False)
+    trainer = DenoiserTrainer(tiny_classifier, denoiser, FastGradientMethod(tiny_classifier, eps=0.1),
+                              budgets=(0.1,))
+    snapshots = []
+    original_step, original_training = trainer.optimization_step, trainer.training_step
+
+    def record(batch):
+        snapshots.append({k: v.clone() for k, v in denoiser.network.state_dict().items()})
+        return original_step(batch)
+
+    def failing(batch):
+        loss, logits, logs = original_training(batch)
+        return (loss * float("inf") if len(snapshots) == 2 else loss), logits, logs
+
+    trainer.optimization_step, trainer.training_step = record, failing
+    with pytest.raises(TrainingDivergedError, match="batch 2"):
+        trainer.fit(*tiny_data, nb_epochs=1, batch_size=32, verbose=False)
+    for name, value in denoiser.network.state_dict().items():
+        assert torch.equal(value, snapshots[-1][name]), name
+
+
+def test_gradient_check_handles_sparse_and_large_finite_gradients():
+    embedding = torch.nn.Embedding(10, 4, sparse=True)
+    head = torch.nn.Linear(4, 3)
+    model = torch.nn.Sequential(embedding, torch.nn.Flatten(), head)
+    clf = LatentClassifier(model, torch.nn.CrossEntropyLoss(), (1,), 3, layers=["2"], device_type="cpu",
+                           optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    trainer = LatentTrainer(clf)
+    trainer.training_step = lambda batch: _sparse_step(model, batch)
+    x = np.arange(12, dtype=np.float32).reshape(12, 1) % 10
+    trainer.fit(x, np.arange(12) % 3, nb_epochs=1, batch_size=4, verbose=False)  # sparse gradients: no error
+    # gradients of 1e20 are finite: the max-norm check does not overflow the way a 2-norm (1e40) would
+    big = LatentTrainer(make_classifier())
+    big.training_step = lambda batch: _huge_gradient_step(big.classifier.model, batch)
+    big.fit(*_tiny(), nb_epochs=1, batch_size=16, verbose=False)  # one step
+
+
+def _sparse_step(model, batch):
+    logits = model[2](model[0](batch["x"].long()).flatten(1))
+    return torch.nn.functional.cross_entropy(logits, batch["y"]), logits, {}
+
+
+def _huge_gradient_step(model, batch):
+    logits = model(batch["x"])
+    push = (model.head.bias * 1e20).sum()
+    return torch.nn.functional.cross_entropy(logits, batch["y"]) + push - push.detach(), logits, {}
+
+
+def _tiny():
+    rng = np.random.default_rng(0)
+    return rng.uniform(0, 1, (16, 1, 8, 8)).astype(np.float32), np.arange(16) % 3

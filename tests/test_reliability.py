@@ -274,3 +274,74 @@ def test_no_hooks_modes_flags_or_files_leak(name, how, tiny_data):
     assert _flags(model) == before
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     assert not any(Path(art.config.ART_DATA_PATH).rglob("*")), "files left in ART_DATA_PATH"
+
+
+# ---------------------------------------------------------------------------------------------- review findings
+
+def test_callbacks_edit_the_history_and_their_changes_are_in_the_checkpoint(tiny_data, tmp_path):
+    x, y = tiny_data
+
+    def halve_lr(trainer, epoch, logs):
+        logs["my_metric"] = float(epoch)
+        for group in trainer.classifier.optimizer.param_groups:
+            group["lr"] *= 0.5
+        np.random.rand(3)  # a callback drawing random numbers (e.g. a random-start evaluation attack)
+
+    def run(nb_epochs, directory=None, resume=False, crash_after=None):
+        clf = _classifier()
+        trainer = HLDRTrainer(clf, FastGradientMethod(clf, eps=0.1), regenerate="epoch", seed=2)
+
+        def crash(trainer, epoch, logs):
+            if epoch == crash_after:
+                raise RuntimeError("crash")
+
+        trainer.fit(x, y, nb_epochs=nb_epochs, batch_size=32, checkpoint_dir=directory, resume=resume,
+                    callbacks=[halve_lr, crash], verbose=False)
+        return _weights(trainer), trainer
+
+    reference, trainer = run(3)
+    assert [h["my_metric"] for h in trainer.history] == [0.0, 1.0, 2.0]
+    with pytest.raises(RuntimeError):
+        run(3, tmp_path, crash_after=1)
+    resumed, _ = run(3, tmp_path, resume=True)
+    assert all(torch.equal(a, b) for a, b in zip(reference, resumed, strict=True))
+
+
+def test_an_early_stopped_run_stays_stopped_on_resume(tiny_data, tmp_path):
+    clf = _classifier()
+    stop = lambda trainer, epoch, logs: epoch == 1  # noqa: E731
+    LatentTrainer(clf, seed=0).fit(*tiny_data, nb_epochs=5, batch_size=32, checkpoint_dir=tmp_path, callbacks=[stop],
+                                   verbose=False)
+    before = _weights(LatentTrainer(clf))
+    trainer = LatentTrainer(clf, seed=0)
+    history = trainer.fit(*tiny_data, nb_epochs=5, batch_size=32, checkpoint_dir=tmp_path, resume=True,
+                          verbose=False)
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert all(torch.equal(a, b) for a, b in zip(before, _weights(trainer), strict=True))
+
+
+def test_checkpoints_keep_ordered_dicts_and_multistep_schedulers_resume(tiny_data, tmp_path):
+    def run(nb_epochs, resume=False):
+        clf = _classifier()
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(clf.optimizer, milestones=[1, 2], gamma=0.5)
+        LatentTrainer(clf, seed=0).fit(*tiny_data, nb_epochs=nb_epochs, batch_size=32, scheduler=scheduler,
+                                       checkpoint_dir=tmp_path, resume=resume, verbose=False)
+        return clf, scheduler
+
+    run(2)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert type(state["model"]).__name__ == "OrderedDict" and hasattr(state["model"], "_metadata")
+    clf, scheduler = run(3, resume=True)
+    assert scheduler.get_last_lr() == [pytest.approx(0.0125)]
+    assert list(tmp_path.iterdir()) == [tmp_path / "checkpoint.pt"]  # no temporary file left
+
+
+def test_sigterm_handler_installed_during_fit_is_kept(tiny_data):
+    def install(trainer, epoch, logs):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    try:
+        LatentTrainer(_classifier()).fit(*tiny_data, nb_epochs=1, batch_size=32, callbacks=[install], verbose=False)
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)

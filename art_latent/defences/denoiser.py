@@ -487,6 +487,9 @@ class DenoiserTrainer(LatentTrainer):
             loss = latent_disparity([target], [guide], self.normalization, 1)
         return loss, logits[:nb], {}
 
+    def trained_modules(self) -> list[nn.Module]:
+        return [self.denoiser.network]  # the classifier is frozen
+
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> dict[str, float]:
         with preserve_mode(self.denoiser.network):
             self.denoiser.network.eval()

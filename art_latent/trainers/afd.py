@@ -372,6 +372,9 @@ class AFDTrainer(LatentTrainer):
                     return text
         return "lower the classifier optimizer's learning rate"
 
+    def trained_modules(self) -> list[nn.Module]:
+        return [self._classifier.model, self.discriminator]
+
     @contextlib.contextmanager
     def fit_context(self) -> Iterator[None]:
         """The discriminator in train mode during ``fit`` (mode restored)."""

@@ -285,6 +285,7 @@ class LatentTrainer(Trainer):
         else:
             scaler.step(optimizer)
             scaler.update()
+        self._steps_taken = getattr(self, "_steps_taken", 0) + 1
 
     def _check_finite_step(
         self,
@@ -298,10 +299,13 @@ class LatentTrainer(Trainer):
         values = [loss.detach().float(), *(v.detach().float() for v in terms.values())]
         flags = [torch.isfinite(v).all() for v in values]
         if gradients:  # with a GradScaler, inf gradients are expected now and then: the scaler skips those steps
-            grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            grads = [p.grad.coalesce().values() if p.grad.is_sparse else p.grad
+                     for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
             if grads:
                 names.append(f"gradient of {name}")
-                flags.append(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+                # The max-norm cannot overflow on finite entries (a 2-norm can) and propagates NaN.
+                largest = torch.nn.utils.get_total_norm(grads, norm_type=math.inf)
+                flags.append(torch.isfinite(largest).to(flags[0].device))
         bad = (~torch.stack(flags)).float()
         if self._dist is not None:  # every process must stop at the same step, or the others hang in an all-reduce
             bad = self._dist.sum_(bad)
@@ -579,25 +583,35 @@ class LatentTrainer(Trainer):
         path, every = (None, 1) if checkpoint is None else (checkpoint[0] / ckpt.CHECKPOINT_NAME, checkpoint[1])
         start_epoch = 0
         self.history = []
-        if resume and path is not None and path.exists():
-            start_epoch = self._load_checkpoint(path, scheduler)
-            logger.info("Resumed from %s after epoch %d.", path, start_epoch)
         self._stop = False
+        if resume and path is not None and path.exists():
+            start_epoch, self._stop = self._load_checkpoint(path, scheduler)
+            logger.info("Resumed from %s after epoch %d.", path, start_epoch)
+            if self._stop:
+                logger.info("The checkpointed run was stopped by a callback after epoch %d: nothing to resume.",
+                            start_epoch)
+                return self.history
+        elif resume:
+            logger.info("No checkpoint in %s yet: training from the start.", checkpoint[0] if checkpoint else None)
         with sigterm_raises(), preserve_mode(model), preserve_requires_grad(model), self.fit_context():
             epochs = tqdm(range(start_epoch, nb_epochs), desc=type(self).__name__, disable=not verbose, unit="epoch")
             for epoch in epochs:
                 record = self._run_epoch(epoch, epoch_batches, verbose, val, scheduler)
                 self.on_epoch_end(epoch, record)
-                self.history.append(ckpt.plain(record))
+                self.history.append(record)
                 epochs.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k not in ("epoch", "lr", "time_s")})
                 logger.info("epoch %d: %s", epoch + 1, record)
                 due = path is not None and (epoch + 1 == nb_epochs or (epoch + 1) % every == 0)
-                if path is not None and due:  # before the callbacks: a callback that raises must not cost this epoch
-                    self._write(path, epoch + 1, scheduler)
-                for callback in callbacks:
-                    if callback(self, epoch, record) is True:
-                        self._stop = True
-                if path is not None and self._stop and not due:
+                try:
+                    for callback in callbacks:
+                        if callback(self, epoch, record) is True:
+                            self._stop = True
+                except BaseException:
+                    if path is not None and due:  # a callback that raises (or SIGTERM in one) must not cost the epoch
+                        self._write(path, epoch + 1, scheduler)
+                    raise
+                # After the callbacks, so that what they change (learning rates, RNG draws) is in the checkpoint.
+                if path is not None and (due or self._stop):
                     self._write(path, epoch + 1, scheduler)
                 if self._stop:
                     logger.info("Stopped by a callback after epoch %d.", epoch + 1)
@@ -625,7 +639,8 @@ class LatentTrainer(Trainer):
             try:
                 loss, logits, logs = self.optimization_step(batch)
             except TrainingDivergedError as error:
-                self._restore_buffers()  # the failing batch's forward pass moved BatchNorm statistics
+                if not getattr(self, "_steps_taken", 0):
+                    self._restore_buffers()  # the failing batch's forward pass moved BatchNorm statistics
                 raise self._diverged(error, epoch, step, scheduler) from None
             count += n
             with torch.no_grad():
@@ -662,10 +677,21 @@ class LatentTrainer(Trainer):
                 scheduler.step()
         return record
 
+    def trained_modules(self) -> list[torch.nn.Module]:
+        """
+        The modules whose parameters and buffers this method trains (their BatchNorm statistics are restored when a
+        step diverges): the classifier's model by default; methods that train other networks extend the list.
+        """
+        return [self._classifier.model]
+
+    def _buffers(self) -> list[torch.Tensor]:
+        return [b for module in self.trained_modules() for b in module.buffers()]
+
     def _snapshot_buffers(self) -> None:
         # Copied into buffers allocated once: the last good BatchNorm statistics, restored on divergence.
+        self._steps_taken = 0
         saved = getattr(self, "_saved_buffers", None)
-        buffers = list(self._classifier.model.buffers())
+        buffers = self._buffers()
         if saved is None or [s.shape for s in saved] != [b.shape for b in buffers]:
             self._saved_buffers = [b.detach().clone() for b in buffers]
             return
@@ -678,8 +704,7 @@ class LatentTrainer(Trainer):
         if saved is None:
             return
         with torch.no_grad():
-            buffers = list(self._classifier.model.buffers())
-            for buffer, copy in zip(buffers, saved, strict=True):
+            for buffer, copy in zip(self._buffers(), saved, strict=True):
                 buffer.copy_(copy)
 
     def _diverged(self, error: TrainingDivergedError, epoch: int, step: int, scheduler: Any) -> TrainingDivergedError:
@@ -689,10 +714,15 @@ class LatentTrainer(Trainer):
             saved = self._checkpoint[0] / ckpt.EMERGENCY_NAME
             self._write(saved, epoch, scheduler, batch=step)
         where = f"epoch {epoch + 1}, batch {step + 1}"
-        kept = (f"saved to {saved}" if saved is not None else "kept in the model (no `checkpoint_dir` to save it to)")
+        taken = getattr(self, "_steps_taken", 0)
+        if taken:  # e.g. AFD's classification step ran before its discriminator step failed
+            state = (f"The failing optimizer step was not taken, but {taken} earlier optimizer step(s) of this batch "
+                     "were; the state after them is")
+        else:
+            state = "The optimizer step was not taken; the last good state (before this batch) is"
+        kept = f"saved to {saved}" if saved is not None else "kept in memory (no `checkpoint_dir` to save it to)"
         return self.divergence_error(
-            f"Training diverged at {where}: {error} ({self.divergence_advice(error.terms)}). The optimizer step was "
-            f"not taken; the last good state is {kept}.",
+            f"Training diverged at {where}: {error} ({self.divergence_advice(error.terms)}). {state} {kept}.",
             error.terms, epoch + 1, step + 1, saved,
         )
 
@@ -745,6 +775,7 @@ class LatentTrainer(Trainer):
                 "scheduler": scheduler.state_dict() if hasattr(scheduler, "state_dict") else None,
                 "scaler": self._scaler.state_dict() if self._scaler is not None else None,
                 "history": self.history,
+                "stopped": self._stop,
                 "rng": ckpt.rng_state(),
                 "shuffle_rng": self._shuffle_generator.get_state(),
                 "method": self.state_dict(),
@@ -753,7 +784,7 @@ class LatentTrainer(Trainer):
         if self._dist is not None:
             self._dist.barrier()
 
-    def _load_checkpoint(self, path: Path, scheduler: Any) -> int:
+    def _load_checkpoint(self, path: Path, scheduler: Any) -> tuple[int, bool]:
         state = ckpt.load(path, map_location=self.device)
         if state["trainer"] != type(self).__name__:
             raise ValueError(f"Checkpoint {path} was written by {state['trainer']}, not {type(self).__name__}.")
@@ -769,4 +800,4 @@ class LatentTrainer(Trainer):
         ckpt.set_rng_state(state["rng"])
         self._shuffle_generator.set_state(state["shuffle_rng"].cpu())
         self.load_state_dict(state["method"])
-        return int(state["epoch"])
+        return int(state["epoch"]), bool(state.get("stopped", False))

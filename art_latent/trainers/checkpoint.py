@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import tempfile
 from pathlib import Path
 from typing import Any, cast
 
@@ -53,8 +54,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
     """
     torch.set_rng_state(state["torch"].cpu())
     numpy = state["numpy"]
-    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"],
-                         numpy["cached_gaussian"]))
+    np.random.set_state((numpy["kind"], numpy["keys"].cpu().numpy().astype(np.uint32), numpy["pos"],
+                         numpy["has_gauss"], numpy["cached_gaussian"]))
     random.setstate(_as_tuples(state["python"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
@@ -73,7 +74,14 @@ def plain(value: Any) -> Any:
     :return: The same structure with only tensors, Python numbers, strings, ``None`` and containers.
     """
     if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
+        items = ((k, plain(v)) for k, v in value.items())
+        try:  # keep dict subclasses (OrderedDict, Counter): schedulers and state dicts rely on them
+            result = type(value)(items)
+        except TypeError:
+            result = dict(items)
+        if hasattr(value, "_metadata"):  # a module state_dict's version information
+            result._metadata = value._metadata  # type: ignore[attr-defined]
+        return result
     if isinstance(value, list | tuple):
         return type(value)(plain(v) for v in value)
     if isinstance(value, np.generic):
@@ -91,13 +99,31 @@ def save_atomic(state: dict[str, Any], path: Path) -> None:
     :param path: The destination file.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    handle, name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)  # unique per writer
+    tmp = Path(name)
     try:
-        torch.save(plain(state), tmp)
+        with os.fdopen(handle, "wb") as file:
+            torch.save(plain(state), file)
+            file.flush()
+            os.fsync(file.fileno())  # on disk before the rename: a machine crash cannot leave a truncated file
         os.replace(tmp, path)
+        _fsync_directory(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. Windows: directories cannot be opened
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def load(path: Path, map_location: torch.device | str | None = None) -> dict[str, Any]:

@@ -37,7 +37,12 @@ def sigterm_raises() -> Iterator[None]:
         yield
         return
 
+    def again(signum: int, frame: FrameType | None) -> None:
+        logger.warning("SIGTERM received again while stopping: ignored until the cleanup is done.")
+
     def handler(signum: int, frame: FrameType | None) -> None:
+        # Once only: a second SIGTERM while the stack unwinds must not interrupt the restoring `finally` blocks.
+        signal.signal(signal.SIGTERM, again)
         logger.warning("SIGTERM received: stopping training; the last complete checkpoint (if any) is kept.")
         raise TrainingTerminated()
 
@@ -45,4 +50,5 @@ def sigterm_raises() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if signal.getsignal(signal.SIGTERM) in (handler, again):  # a handler installed meanwhile stays
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
