@@ -226,3 +226,20 @@ def _huge_gradient_step(model, batch):
 def _tiny():
     rng = np.random.default_rng(0)
     return rng.uniform(0, 1, (16, 1, 8, 8)).astype(np.float32), np.arange(16) % 3
+
+
+def test_fp16_loss_scale_collapse_is_reported(tiny_classifier, tiny_data):
+    # With a GradScaler, non-finite gradients only skip steps; persistent ones would skip every step silently.
+    trainer = LatentTrainer(tiny_classifier, amp="fp16")
+    model = tiny_classifier.model
+
+    def step(batch):
+        logits = model(batch["x"])
+        dead = (model.fc.weight.abs() * 0.0).sqrt().sum()  # value 0, gradient NaN
+        return torch.nn.functional.cross_entropy(logits.float(), batch["y"]) + dead, logits, {}
+
+    trainer.training_step = step
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(TrainingDivergedError, match=r"batch 17: non-finite gradient of loss for many steps in a row"):
+        trainer.fit(*tiny_data, nb_epochs=1, batch_size=4, verbose=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))  # every step was skipped

@@ -32,6 +32,7 @@ from art_latent.validation import check_data, check_int
 logger = logging.getLogger(__name__)
 
 Batch = dict[str, torch.Tensor]
+_MIN_LOSS_SCALE = 1.0  # GradScaler starts at 2**16 and halves on every step it skips
 Callback = Callable[["LatentTrainer", int, dict[str, float]], Any]
 
 
@@ -283,8 +284,13 @@ class LatentTrainer(Trainer):
         if scaler is None:
             optimizer.step()
         else:
-            scaler.step(optimizer)
+            scaler.step(optimizer)  # skipped by the scaler when the gradients are not finite
             scaler.update()
+            if self.check_finite and scaler.get_scale() < _MIN_LOSS_SCALE:
+                # Each skipped step halves the scale: below 1 the gradients were not finite for 16+ steps in a row.
+                raise self.divergence_error(
+                    f"non-finite gradient of {name} for many steps in a row (the fp16 loss scale fell to "
+                    f"{scaler.get_scale():.3g})", terms=[f"gradient of {name}"])
         self._steps_taken = getattr(self, "_steps_taken", 0) + 1
 
     def _check_finite_step(
