@@ -6,6 +6,7 @@ regularizers (zero for identical inputs, non-negativity, scale and shift invaria
 from __future__ import annotations
 
 import fnmatch
+import os
 
 import numpy as np
 import pytest
@@ -25,7 +26,10 @@ from art_latent.regularizers import (
 )
 from art_latent.trainers.afd import discriminator_loss, encoder_loss
 
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Derandomized: CI sees the same examples every run. Explore new ones with ART_LATENT_HYPOTHESIS_EXPLORE=1.
+DERANDOMIZE = not os.environ.get("ART_LATENT_HYPOTHESIS_EXPLORE")
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+                    derandomize=DERANDOMIZE)
 LEAVES = [nn.ReLU, nn.ELU, nn.Identity, nn.Tanh]
 identifiers = st.text(alphabet="abcdefgh_", min_size=1, max_size=5).filter(lambda s: not s.startswith("_"))
 
@@ -81,7 +85,7 @@ def test_unknown_names_are_rejected_naming_the_argument(model, suffix):
         resolve_layers(model, [name], argument="embedding")
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=15, deadline=None, derandomize=DERANDOMIZE)
 @given(st.lists(st.integers(2, 6), min_size=1, max_size=4), st.integers(0, 2**16))
 def test_latents_of_a_sequential_mlp_equal_its_prefixes(widths, seed):
     torch.manual_seed(seed)

@@ -22,8 +22,10 @@ def _sum(terms: Iterable[torch.Tensor]) -> torch.Tensor:
 
 
 def _sqrt(squares: torch.Tensor) -> torch.Tensor:
-    """``sqrt`` that is exactly 0 at 0 with a zero (not infinite) gradient there: identical pairs give 0."""
-    return torch.where(squares > 0, squares.clamp_min(_TINY).sqrt(), torch.zeros_like(squares))
+    """``sqrt``, exact everywhere, that is 0 at 0 with a zero (not infinite) gradient there: identical pairs give 0."""
+    positive = squares > 0
+    # The inner where keeps sqrt's infinite derivative at 0 out of the graph; the outer one selects the exact 0.
+    return torch.where(positive, torch.where(positive, squares, torch.ones_like(squares)).sqrt(), 0.0)
 
 
 def _entry_norm(t: torch.Tensor, p: int) -> torch.Tensor:
