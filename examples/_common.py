@@ -140,3 +140,19 @@ def pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def plot_accuracy_curves(
+    budgets: list[float], curves: dict[str, list[float]], xlabel: str, title: str, path: Path
+) -> Path:
+    """Test accuracy against the attack budget, one line per model, saved to `path`."""
+    fig, ax = pyplot().subplots(figsize=(5, 3.4))
+    for name, curve in curves.items():
+        ax.plot(budgets, curve, marker="o", label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    return save_figure(fig, path)

@@ -23,7 +23,7 @@ a few dozen images in seconds.
 import copy
 
 import torch
-from _common import Output, load_data, markdown_table, parse_args, pyplot, save_figure, seed_everything
+from _common import Output, load_data, markdown_table, parse_args, plot_accuracy_curves, seed_everything
 from art.attacks.evasion import ProjectedGradientDescent
 
 from art_latent import AFDTrainer, LatentClassifier, LatentTrainer
@@ -105,14 +105,5 @@ settings = (
 out.write(settings, table + "\n\nThe AFD game per epoch (discriminator accuracies measured before its update):\n\n"
           + game_table)
 
-plt = pyplot()
-fig, ax = plt.subplots(figsize=(5, 3.4))
-for name, curve in curves.items():
-    ax.plot(BUDGETS, curve, marker="o", label=name)
-ax.set_xlabel("PGD-Linf budget eps")
-ax.set_ylabel("test accuracy")
-ax.set_ylim(0, 1)
-ax.grid(alpha=0.3)
-ax.legend(fontsize=8)
-ax.set_title("SmallCNN on Fashion-MNIST: white-box PGD-10", fontsize=10)
-save_figure(fig, out.path("_pgd.png"))
+plot_accuracy_curves(BUDGETS, curves, "PGD-Linf budget eps", "SmallCNN on Fashion-MNIST: white-box PGD-10",
+                     out.path("_pgd.png"))

@@ -25,7 +25,7 @@ import copy
 
 import numpy as np
 import torch
-from _common import Output, load_data, markdown_table, parse_args, pyplot, save_figure, seed_everything
+from _common import Output, load_data, markdown_table, parse_args, plot_accuracy_curves, seed_everything
 from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescent
 from art.estimators.classification import PyTorchClassifier
 from art.metrics import adversarial_accuracy, empirical_robustness
@@ -123,14 +123,5 @@ settings = (
 )
 out.write(settings, table)
 
-plt = pyplot()
-fig, ax = plt.subplots(figsize=(5, 3.4))
-for name, r in results.items():
-    ax.plot(CURVE_EPS_255, r["curve"], marker="o", label=name)
-ax.set_xlabel("FGSM budget eps (x 1/255)")
-ax.set_ylabel("test accuracy")
-ax.set_ylim(0, 1)
-ax.grid(alpha=0.3)
-ax.legend(fontsize=8)
-ax.set_title(f"VGG-16 (width {WIDTH}) on Fashion-MNIST: ART's FGSM", fontsize=10)
-save_figure(fig, out.path("_fgsm.png"))
+plot_accuracy_curves(CURVE_EPS_255, {name: r["curve"] for name, r in results.items()}, "FGSM budget eps (x 1/255)",
+                     f"VGG-16 (width {WIDTH}) on Fashion-MNIST: ART's FGSM", out.path("_fgsm.png"))

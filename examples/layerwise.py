@@ -21,7 +21,7 @@ on a few dozen images in seconds.
 """
 
 import torch
-from _common import Output, load_data, markdown_table, parse_args, pyplot, save_figure, seed_everything
+from _common import Output, load_data, markdown_table, parse_args, plot_accuracy_curves, seed_everything
 from art.attacks.evasion import FastGradientMethod
 
 from art_latent import LatentClassifier, LatentTrainer, LayerwisePerturbationTrainer
@@ -70,14 +70,5 @@ settings = (
 )
 out.write(settings, table)
 
-plt = pyplot()
-fig, ax = plt.subplots(figsize=(5, 3.4))
-for name, curve in curves.items():
-    ax.plot(BUDGETS, curve, marker="o", label=name)
-ax.set_xlabel("FGSM budget eps")
-ax.set_ylabel("test accuracy")
-ax.set_ylim(0, 1)
-ax.grid(alpha=0.3)
-ax.legend(fontsize=8)
-ax.set_title(f"SmallCNN, {EPOCHS} epochs, Fashion-MNIST subset", fontsize=10)
-save_figure(fig, out.path("_fgsm.png"))
+plot_accuracy_curves(BUDGETS, curves, "FGSM budget eps", f"SmallCNN, {EPOCHS} epochs, Fashion-MNIST subset",
+                     out.path("_fgsm.png"))
