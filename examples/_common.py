@@ -156,3 +156,10 @@ def plot_accuracy_curves(
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
     return save_figure(fig, path)
+
+
+def start(doc: str | None, script: str) -> tuple[argparse.Namespace, Data, Output]:
+    """Every example's preamble: parse the command line, seed everything, load the data, prepare the output."""
+    args = parse_args(doc)
+    seed_everything(args.seed)
+    return args, load_data(args.smoke), Output(args.out, script)

@@ -23,7 +23,7 @@ a few dozen images in seconds.
 import copy
 
 import torch
-from _common import Output, load_data, markdown_table, parse_args, plot_accuracy_curves, seed_everything
+from _common import markdown_table, plot_accuracy_curves, start
 from art.attacks.evasion import ProjectedGradientDescent
 
 from art_latent import AFDTrainer, LatentClassifier, LatentTrainer
@@ -35,10 +35,7 @@ from art_latent.analysis import (
 )
 from art_latent.models import SmallCNN
 
-args = parse_args(__doc__)
-seed_everything(args.seed)
-data = load_data(args.smoke)
-out = Output(args.out, __file__)
+args, data, out = start(__doc__, __file__)
 PRETRAIN_EPOCHS, FINETUNE_EPOCHS = (1, 1) if args.smoke else (4, 3)
 TRAIN_EPS = 0.1
 BUDGETS = [0.0, 0.025, 0.05, 0.1, 0.15]

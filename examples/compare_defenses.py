@@ -25,7 +25,7 @@ import copy
 
 import numpy as np
 import torch
-from _common import Output, load_data, markdown_table, parse_args, seed_everything
+from _common import markdown_table, start
 from art.attacks.evasion import FastGradientMethod
 
 from art_latent import (
@@ -38,10 +38,7 @@ from art_latent import (
 )
 from art_latent.models import VGG
 
-args = parse_args(__doc__)
-seed_everything(args.seed)
-data = load_data(args.smoke)
-out = Output(args.out, __file__)
+args, data, out = start(__doc__, __file__)
 PRETRAIN_EPOCHS, FINETUNE_EPOCHS = (1, 1) if args.smoke else (5, 2)
 FINETUNE_LR = 2e-4
 BUDGETS = (0.0, 16 / 255, 32 / 255)

@@ -22,16 +22,13 @@ runs it on a few dozen images in seconds.
 import copy
 
 import torch
-from _common import Output, load_data, markdown_table, parse_args, seed_everything
+from _common import markdown_table, start
 
 from art_latent import DeepDefenseTrainer, LatentClassifier, LatentTrainer
 from art_latent.analysis import accuracy, accuracy_at_eps_ref, eps_ref, rho2
 from art_latent.models import SmallCNN
 
-args = parse_args(__doc__)
-seed_everything(args.seed)
-data = load_data(args.smoke)
-out = Output(args.out, __file__)
+args, data, out = start(__doc__, __file__)
 PRETRAIN_EPOCHS, FINETUNE_EPOCHS = (1, 1) if args.smoke else (4, 2)
 n_rho = min(300, len(data.x_test))
 

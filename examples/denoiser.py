@@ -25,17 +25,14 @@ on a few dozen images in seconds.
 
 import numpy as np
 import torch
-from _common import Output, load_data, markdown_table, parse_args, pyplot, save_figure, seed_everything
+from _common import markdown_table, pyplot, save_figure, start
 from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescent
 
 from art_latent import DenoiserTrainer, FeatureGuidedDenoiser, LatentClassifier, LatentTrainer
 from art_latent.analysis import accuracy
 from art_latent.models import VGG
 
-args = parse_args(__doc__)
-seed_everything(args.seed)
-data = load_data(args.smoke)
-out = Output(args.out, __file__)
+args, data, out = start(__doc__, __file__)
 PRETRAIN_EPOCHS, DENOISER_EPOCHS = (1, 1) if args.smoke else (4, 2)
 BUDGETS = (0.0, 16 / 255, 32 / 255)
 EPS_255 = [0, 4, 8, 16, 32]

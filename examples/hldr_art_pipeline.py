@@ -25,7 +25,7 @@ import copy
 
 import numpy as np
 import torch
-from _common import Output, load_data, markdown_table, parse_args, plot_accuracy_curves, seed_everything
+from _common import markdown_table, plot_accuracy_curves, start
 from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescent
 from art.estimators.classification import PyTorchClassifier
 from art.metrics import adversarial_accuracy, empirical_robustness
@@ -33,10 +33,7 @@ from art.metrics import adversarial_accuracy, empirical_robustness
 from art_latent import HLDRTrainer
 from art_latent.models import VGG
 
-args = parse_args(__doc__)
-seed_everything(args.seed)
-data = load_data(args.smoke)
-out = Output(args.out, __file__)
+args, data, out = start(__doc__, __file__)
 WIDTH = 0.125
 PRETRAIN_EPOCHS, FINETUNE_EPOCHS = (1, 1) if args.smoke else (6, 2)
 FINETUNE_LR = 2e-4

@@ -21,17 +21,14 @@ on a few dozen images in seconds.
 """
 
 import torch
-from _common import Output, load_data, markdown_table, parse_args, plot_accuracy_curves, seed_everything
+from _common import markdown_table, plot_accuracy_curves, start
 from art.attacks.evasion import FastGradientMethod
 
 from art_latent import LatentClassifier, LatentTrainer, LayerwisePerturbationTrainer
 from art_latent.analysis import accuracy_vs_eps
 from art_latent.models import SmallCNN
 
-args = parse_args(__doc__)
-seed_everything(args.seed)
-data = load_data(args.smoke)
-out = Output(args.out, __file__)
+args, data, out = start(__doc__, __file__)
 EPOCHS = 1 if args.smoke else 8
 BUDGETS = [0.0, 0.01, 0.02, 0.05, 0.1]
 RUNS = {"plain": None, "orig, eps 20": ("orig", 20.0), "orig, eps 100": ("orig", 100.0),

@@ -26,7 +26,7 @@ import copy
 
 import numpy as np
 import torch
-from _common import Output, load_data, markdown_table, parse_args, seed_everything
+from _common import markdown_table, start
 from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescent
 
 from art_latent import ATLRTrainer, LatentClassifier, LatentTrainer, LayerSustainabilityAnalysis
@@ -34,10 +34,7 @@ from art_latent.analysis import accuracy_vs_eps, rg_score
 from art_latent.models import SmallCNN
 from art_latent.trainers.atlr import make_fast_attack
 
-args = parse_args(__doc__)
-seed_everything(args.seed)
-data = load_data(args.smoke)
-out = Output(args.out, __file__)
+args, data, out = start(__doc__, __file__)
 PRETRAIN_EPOCHS, FINETUNE_EPOCHS = (1, 1) if args.smoke else (4, 4)
 TRAIN_EPS = 0.1
 ETA = 0.5
