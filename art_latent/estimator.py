@@ -6,15 +6,23 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from art.estimators.classification.pytorch import PyTorchClassifier
 
-from art_latent.layers import LayerSpec, resolve_layers
+from art_latent.capture import CallHooks, ModelTrace, first_tensor, split_ref, trace_model
+from art_latent.layers import LayerSpec, eval_trace, resolve_layers
 from art_latent.utils import preserve_mode
+
+#: What picks the logits out of a model output that is not a tensor: a key (dict, HF ``ModelOutput``) or an index.
+OutputKey = str | int
+#: The number of samples of the first batch that a traced forward pass runs on.
+_TRACE_SAMPLES = 4
+#: Captured tensors that were not copied, with their version counter at capture time.
+_Versions = dict[str, tuple[torch.Tensor, int]]
 
 logger = logging.getLogger(__name__)
 
@@ -23,21 +31,27 @@ class LatentClassifier(PyTorchClassifier):
     """
     A :class:`~art.estimators.classification.PyTorchClassifier` that exposes named hidden layers.
 
-    Everything ART does with a ``PyTorchClassifier`` (``predict``, ``fit``, ``loss_gradient``, attacks, metrics,
-    ``save``, ``clone_for_refitting``) works unchanged. On top of it:
+    Everything ART does with a ``PyTorchClassifier`` (``predict``, ``fit``, ``loss_gradient``, ``get_activations``,
+    attacks, metrics, ``save``, ``clone_for_refitting``) works unchanged, with ART's meaning. On top of it:
 
-    * :attr:`latent_layers` — the hidden layers a latent defense regularizes, resolved from ``layers``;
+    * :attr:`latent_layers` — the hidden layers a latent defense regularizes, resolved from ``layers`` at first use;
     * :meth:`forward_with_latents` — **one** forward pass returning the logits and the activations of those layers,
       differentiable w.r.t. the input and the parameters, through ART's preprocessing, in the model's current
       train/eval mode;
     * :meth:`latents` — the context manager that registers the forward hooks and always removes them;
-    * :meth:`get_activations` — ART's method, overridden to accept any qualified name from ``named_modules()``,
-      without leaking hooks or leaving the model in eval mode.
+    * :meth:`get_activations` — ART's method, also accepting any qualified module name or call reference, without
+      leaking hooks or leaving the model in eval mode.
 
-    The model's ``forward`` must return the logits as one tensor.
+    A layer is one *call* of a module: ``"layer1.0.relu"`` is its first call in a forward pass, ``"layer1.0.relu#1"``
+    its second (torchvision's ``BasicBlock`` calls one ReLU twice). A captured activation is what the module returned
+    at that call, even when later code modifies the tensor in place (``out += identity``, ``nn.ReLU(inplace=True)``):
+    one traced forward pass per train/eval mode finds those calls, and only their outputs are copied.
+
+    The model's ``forward`` returns the logits as one tensor, or, with `output_key` / `logits_fn`, an output they are
+    picked from (a tuple, dict or HF ``ModelOutput``).
     """
 
-    estimator_params = PyTorchClassifier.estimator_params + ["layers"]
+    estimator_params = PyTorchClassifier.estimator_params + ["layers", "output_key", "logits_fn"]
 
     def __init__(
         self,
@@ -56,11 +70,14 @@ class LatentClassifier(PyTorchClassifier):
         preprocessing: Any = (0.0, 1.0),
         device_type: str = "gpu",
         layers: LayerSpec = "auto",
+        output_key: OutputKey | None = None,
+        logits_fn: Callable[[Any], torch.Tensor] | None = None,
     ) -> None:
         """
-        Create a classifier; every argument but `layers` is ``PyTorchClassifier``'s.
+        Create a classifier; every argument but `layers`, `output_key` and `logits_fn` is ``PyTorchClassifier``'s.
 
-        :param model: PyTorch model whose ``forward`` returns logits.
+        :param model: PyTorch model whose ``forward`` returns logits (or an output `output_key` / `logits_fn` picks
+                      them from).
         :param loss: The loss used for training and loss gradients (labels as class indices).
         :param input_shape: The shape of one input sample, e.g. ``(1, 28, 28)``.
         :param nb_classes: The number of classes.
@@ -75,14 +92,25 @@ class LatentClassifier(PyTorchClassifier):
         :param preprocessing: ``(subtrahend, divisor)`` standardisation applied before the model.
         :param device_type: ``"gpu"`` (uses CUDA when available) or ``"cpu"``.
         :param layers: Hidden layers exposed as :attr:`latent_layers`: ``"auto"`` (default, see
-                       :func:`art_latent.layers.auto_layers`: the post-activation output of every hidden conv/linear
-                       block, logits excluded), qualified names from ``model.named_modules()``, glob patterns
-                       (``"block*.conv.*"``), module types (``torch.nn.ELU``) or a list of these.
-        :raises TypeError: If `model` is not a ``torch.nn.Module``.
-        :raises ValueError: If `layers` names no module of the model.
+                       :func:`art_latent.layers.auto_layers`: every residual block's output and the post-activation
+                       output of every other hidden conv/linear block, logits excluded), qualified names from
+                       ``model.named_modules()``, call references (``"layer1.0.relu#1"``), glob patterns
+                       (``"block*.conv.*"``), module types (``torch.nn.ELU``) or a list of these. ``"auto"`` is
+                       resolved at first use, on the first batch the classifier sees (or a zeros batch of
+                       `input_shape`); names are checked here.
+        :param output_key: Where the logits are in a model output that is not a tensor: a key of a dict or HF
+                           ``ModelOutput`` (``"logits"``) or an index into a tuple (``0``).
+        :param logits_fn: A function from the model output to the logits tensor (instead of `output_key`).
+        :raises TypeError: If `model` is not a ``torch.nn.Module``, or `output_key` / `logits_fn` have the wrong type.
+        :raises ValueError: If `layers` names no module of the model, or both `output_key` and `logits_fn` are given.
         """
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
+        self._output_key, self._logits_fn = self._check_output(output_key, logits_fn)
+        self._traces: dict[bool, ModelTrace] = {}
+        self._forced_copies: set[str] = set()
+        self._layers: LayerSpec = layers
+        self._latent_layers: list[str] | None = None
         super().__init__(
             model=model,
             loss=loss,
@@ -99,16 +127,30 @@ class LatentClassifier(PyTorchClassifier):
             preprocessing=preprocessing,
             device_type=device_type,
         )
-        self._layers: LayerSpec = layers
-        self._latent_layers: list[str] = self._resolve(layers)
+        self._check_layer_spec(layers)
+
+    @staticmethod
+    def _check_output(
+        output_key: OutputKey | None, logits_fn: Callable[[Any], torch.Tensor] | None
+    ) -> tuple[OutputKey | None, Callable[[Any], torch.Tensor] | None]:
+        if output_key is not None and (isinstance(output_key, bool) or not isinstance(output_key, (str, int))):
+            raise TypeError(f"`output_key` must be a str (dict / ModelOutput key) or an int (tuple index), got "
+                            f"{output_key!r}.")
+        if logits_fn is not None and not callable(logits_fn):
+            raise TypeError(f"`logits_fn` must be callable (model output -> logits tensor), got {logits_fn!r}.")
+        if output_key is not None and logits_fn is not None:
+            raise ValueError("Give either `output_key` or `logits_fn`, not both.")
+        return output_key, logits_fn
 
     @classmethod
-    def from_classifier(cls, classifier: PyTorchClassifier, layers: LayerSpec = "auto") -> LatentClassifier:
+    def from_classifier(cls, classifier: PyTorchClassifier, layers: LayerSpec = "auto", **kwargs: Any
+                        ) -> LatentClassifier:
         """
         Wrap an existing ART ``PyTorchClassifier`` (same model object, optimizer, preprocessing and defences).
 
         :param classifier: The ART classifier.
         :param layers: See :class:`LatentClassifier`.
+        :param kwargs: ``output_key`` or ``logits_fn``, see :class:`LatentClassifier`.
         :return: A new :class:`LatentClassifier` sharing the model and optimizer of `classifier`.
         :raises TypeError: If `classifier` is not a ``PyTorchClassifier``.
         """
@@ -130,19 +172,167 @@ class LatentClassifier(PyTorchClassifier):
             preprocessing=classifier.preprocessing,
             device_type="cpu" if classifier.device.type == "cpu" else "gpu",
             layers=layers,
+            **kwargs,
         )
+
+    # ------------------------------------------------------------------ logits
+
+    @property
+    def output_key(self) -> OutputKey | None:
+        """The key or index that picks the logits out of the model output (``None``: the output is the logits)."""
+        return self._output_key
+
+    @output_key.setter
+    def output_key(self, value: OutputKey | None) -> None:
+        self._output_key, _ = self._check_output(value, None if value is not None else self._logits_fn)
+
+    @property
+    def logits_fn(self) -> Callable[[Any], torch.Tensor] | None:
+        """The function that maps the model output to the logits (``None``: not used)."""
+        return self._logits_fn
+
+    @logits_fn.setter
+    def logits_fn(self, value: Callable[[Any], torch.Tensor] | None) -> None:
+        _, self._logits_fn = self._check_output(None if value is not None else self._output_key, value)
+
+    def select_logits(self, output: Any) -> torch.Tensor:
+        """
+        The logits in a model output, picked with `output_key` / `logits_fn`.
+
+        :param output: What the model's ``forward`` returned.
+        :return: The logits tensor.
+        :raises TypeError: If the output is not a tensor and neither `output_key` nor `logits_fn` says where the
+                           logits are, or they do not lead to a tensor.
+        """
+        if self._logits_fn is not None:
+            output = self._logits_fn(output)
+        elif self._output_key is not None:
+            key = self._output_key
+            try:
+                output = output[key]
+            except (KeyError, IndexError, TypeError) as error:
+                available = list(output.keys()) if isinstance(output, Mapping) else None
+                raise TypeError(
+                    f"`output_key`={key!r} does not pick the logits out of the model output "
+                    f"({type(output).__name__}{f' with keys {available}' if available else ''}): {error}"
+                ) from None
+        if not isinstance(output, torch.Tensor):
+            keys = f" with keys {list(output.keys())}" if isinstance(output, Mapping) else ""
+            hint = ("pass output_key='logits' (a dict / ModelOutput key), output_key=0 (a tuple index) or "
+                    "logits_fn=... to LatentClassifier")
+            if self._logits_fn is not None or self._output_key is not None:
+                raise TypeError(f"The logits picked from the model output are a {type(output).__name__}, not a "
+                                "tensor.")
+            raise TypeError(f"The model's forward returned a {type(output).__name__}{keys}, not the logits tensor; "
+                            f"{hint}.")
+        return output
+
+    def model_logits(self, x_preprocessed: torch.Tensor) -> torch.Tensor:
+        """
+        The logits of the model on already preprocessed inputs (one forward pass, no hooks of this classifier).
+
+        :param x_preprocessed: Model inputs, after ART's preprocessing.
+        :return: The logits.
+        """
+        return self.select_logits(self.model(x_preprocessed))
+
+    def _make_model_wrapper(self, model: torch.nn.Module) -> torch.nn.Module:
+        # ART's ModelWrapper returns [output] and ART reads [-1]; ours picks the logits there (and says clearly when
+        # a tuple / ModelOutput arrives without output_key), so every ART code path sees a tensor.
+        wrapper = super()._make_model_wrapper(model)
+        cls = getattr(self, "_logits_wrapper", None)
+        if cls is None or cls.__base__ is not type(wrapper):
+            base = type(wrapper)
+            select = self.select_logits
+
+            def forward(wrapped: torch.nn.Module, x: torch.Tensor) -> list[Any]:
+                result = base.forward(wrapped, x)
+                result[-1] = select(result[-1])
+                return result
+
+            cls = type(base.__name__, (base,), {"forward": forward})
+            self._logits_wrapper = cls
+        wrapper.__class__ = cls
+        return wrapper
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.pop("_logits_wrapper", None)
+        state["_traces"] = {}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("_output_key", None)
+        state.setdefault("_logits_fn", None)
+        state.setdefault("_traces", {})
+        state.setdefault("_forced_copies", set())
+        super().__setstate__(state)
 
     # ------------------------------------------------------------------ layers
 
-    def _example_input(self) -> torch.Tensor:
-        return torch.zeros((1, *self.input_shape), dtype=torch.float32, device=self._device)
+    def _preprocess_example(self, x: torch.Tensor) -> torch.Tensor:
+        if self.all_framework_preprocessing:
+            x_pre, _ = self._apply_preprocessing(x, y=None, fit=False, no_grad=True)
+            return x_pre
+        x_np, _ = self._apply_preprocessing(x.detach().cpu().numpy(), y=None, fit=False)
+        return torch.as_tensor(np.asarray(x_np, dtype=np.float32), device=self._device)
 
-    def _resolve(self, spec: LayerSpec) -> list[str]:
-        needs_example = spec == "auto" or (not isinstance(spec, (str, type)) and "auto" in list(spec))
-        example = None
-        if needs_example:
-            example, _ = self._apply_preprocessing(self._example_input(), y=None, fit=False, no_grad=True)
-        return resolve_layers(self.model, spec, example)
+    def _example_input(self) -> torch.Tensor:
+        """A zeros batch of `input_shape`, in input space (before preprocessing)."""
+        return torch.zeros((2, *self.input_shape), dtype=torch.float32, device=self._device)
+
+    def _check_layer_spec(self, spec: LayerSpec) -> None:
+        """Check the names of a layer specification without running the model (``"auto"`` waits for data)."""
+        items = [spec] if isinstance(spec, (str, type)) else spec
+        if isinstance(items, Sequence) and not isinstance(items, str):
+            explicit = [item for item in items if not (isinstance(item, str) and item == "auto")]
+            if explicit or not items:
+                resolve_layers(self.model, explicit, argument="layers")
+        else:
+            resolve_layers(self.model, spec, argument="layers")
+
+    def trace(self, x_preprocessed: torch.Tensor | None = None, training: bool | None = None) -> ModelTrace:
+        """
+        The traced forward pass of the model in a train/eval mode (:func:`art_latent.capture.trace_model`), made once
+        per mode on the first inputs seen (at most 4 samples; no gradients; BatchNorm statistics and RNG restored).
+
+        :param x_preprocessed: Model inputs (after preprocessing) to trace on if no trace exists yet; default: a zeros
+                               batch of `input_shape`.
+        :param training: The mode (default: the model's current mode).
+        :return: The trace.
+        :raises RuntimeError: If the model cannot run on the example.
+        """
+        mode = self.model.training if training is None else training
+        found = self._traces.get(mode)
+        if found is not None:
+            return found
+        example = self._preprocess_example(self._example_input()) if x_preprocessed is None else x_preprocessed
+        example = example[:_TRACE_SAMPLES].detach()
+        try:
+            with preserve_mode(self.model):
+                if mode != self.model.training:
+                    self.model.train(mode)
+                traced = eval_trace(self.model, example) if not mode else trace_model(self.model, example)
+        except Exception as error:
+            source = "a zeros batch of input_shape" if x_preprocessed is None else "the first batch"
+            raise RuntimeError(
+                f"Could not trace the model on {source} (shape {tuple(example.shape)}) to find its layers: {error}. "
+                "Pass `layers` as explicit names, or call forward_with_latents on real inputs first."
+            ) from error
+        self._traces[mode] = traced
+        return traced
+
+    def _resolve(self, spec: LayerSpec, x_preprocessed: torch.Tensor | None = None) -> list[str]:
+        needs_trace = spec == "auto" or (not isinstance(spec, (str, type)) and "auto" in list(spec))
+        trace = self.trace(x_preprocessed, training=False) if needs_trace else None
+        return resolve_layers(self.model, spec, trace=trace)
+
+    def _ensure_layers(self, x_preprocessed: torch.Tensor | None = None) -> list[str]:
+        if self._latent_layers is None:
+            self._latent_layers = self._resolve(self._layers, x_preprocessed)
+            if not self._latent_layers:
+                logger.info("layers=%r found no hidden layer in the model.", self._layers)
+        return self._latent_layers
 
     @property
     def layers(self) -> LayerSpec:
@@ -151,24 +341,49 @@ class LatentClassifier(PyTorchClassifier):
 
     @layers.setter
     def layers(self, spec: LayerSpec) -> None:
-        self._latent_layers = self._resolve(spec)
+        self._check_layer_spec(spec)
         self._layers = spec
+        self._latent_layers = None
 
     @property
     def latent_layers(self) -> list[str]:
-        """The resolved qualified module names of the hidden layers, in order."""
-        return list(self._latent_layers)
+        """
+        The resolved hidden layers (call references), in order. ``"auto"`` is resolved on the first batch seen, or
+        on a zeros batch of `input_shape` when this is read first; empty for a model without hidden layers.
+        """
+        return list(self._ensure_layers())
+
+    def require_latent_layers(self, layers: LayerSpec | int | Sequence[str | int | type] | None = None,
+                              argument: str = "layers") -> list[str]:
+        """
+        The layers a latent method regularizes, refusing an empty list with a clear error.
+
+        :param layers: A specification (see :meth:`forward_with_latents`); default: :attr:`latent_layers`.
+        :param argument: The argument name for the error message.
+        :return: Call references.
+        :raises ValueError: If there is no layer.
+        """
+        names = self._module_names(layers, argument=argument)
+        if not names:
+            raise ValueError(
+                f"`{argument}`: the model has no hidden layer to regularize (layers={self._layers!r} found none); "
+                "name the layers explicitly."
+            )
+        return names
 
     @property
-    def layer_names(self) -> list[str]:
-        """Every qualified module name of the model (ART's version lists top-level children only)."""
+    def module_names(self) -> list[str]:
+        """Every qualified module name of the model (``model.named_modules()``, the root excluded)."""
         return [name for name, _ in self.model.named_modules() if name]
 
     def _module_names(
-        self, layers: LayerSpec | int | Sequence[str | int | type] | None, argument: str = "layers"
+        self,
+        layers: LayerSpec | int | Sequence[str | int | type] | None,
+        argument: str = "layers",
+        x_preprocessed: torch.Tensor | None = None,
     ) -> list[str]:
         if layers is None:
-            return self.latent_layers
+            return list(self._ensure_layers(x_preprocessed))
         items = [layers] if isinstance(layers, (str, int, type)) else list(layers)
         modules = dict(self.model.named_modules())
         names = []
@@ -179,57 +394,61 @@ class LatentClassifier(PyTorchClassifier):
                     f"latent_layers (int), got {item!r}."
                 )
             if isinstance(item, type) or item == "auto":
-                names.extend(self._resolve(item) if item == "auto" else resolve_layers(self.model, item,
-                                                                                         argument=argument))
+                names.extend(self._resolve(item, x_preprocessed) if item == "auto" else resolve_layers(
+                    self.model, item, argument=argument))
             elif isinstance(item, int):
-                if not -len(self._latent_layers) <= item < len(self._latent_layers):
+                latent = self._ensure_layers(x_preprocessed)
+                if not -len(latent) <= item < len(latent):
                     raise ValueError(
-                        f"`{argument}`: layer index {item} out of range for {len(self._latent_layers)} latent layers "
-                        f"(accepted: -{len(self._latent_layers)} to {len(self._latent_layers) - 1})."
+                        f"`{argument}`: layer index {item} out of range for {len(latent)} latent layers "
+                        f"(accepted: -{len(latent)} to {len(latent) - 1})."
                     )
-                names.append(self._latent_layers[item])
+                names.append(latent[item])
             elif item in modules and item:
                 names.append(item)
             else:
-                # a glob pattern, or a clear ValueError
+                # a call reference, a glob pattern, or a clear ValueError
                 names.extend(resolve_layers(self.model, item, argument=argument))
         return list(dict.fromkeys(names))
 
     # ----------------------------------------------------------------- forward
+
+    def _needs_copy(self, ref: str) -> bool:
+        trace = self._traces.get(self.model.training)
+        return trace is None or ref in trace.inplace_refs or ref in self._forced_copies
 
     @contextlib.contextmanager
     def latents(self, layers: str | int | Sequence[str | int] | None = None) -> Iterator[dict[str, torch.Tensor]]:
         """
         Register forward hooks that record the outputs of `layers`; the hooks are removed on exit, also on exceptions.
 
-        Inside the block, every forward pass of the model fills the yielded dict (name -> output tensor, the last
-        call's output for a module called more than once).
+        Inside the block, every forward pass of the model fills the yielded dict (call reference -> output tensor;
+        each forward pass starts the call counts anew). Outputs are copied where a traced forward pass showed that
+        later code modifies them in place, or when no trace of the current mode exists yet.
 
-        :param layers: Names (or indices into :attr:`latent_layers`); default: :attr:`latent_layers`.
+        :param layers: Names, call references (or indices into :attr:`latent_layers`); default: :attr:`latent_layers`.
         :return: The dict that the hooks fill.
         """
-        with self._hooked(self._module_names(layers)) as store:
+        with self._hooked(self._module_names(layers)) as (store, _):
             yield store
 
     @contextlib.contextmanager
-    def _hooked(self, names: list[str]) -> Iterator[dict[str, torch.Tensor]]:
-        modules = dict(self.model.named_modules())
+    def _hooked(self, names: list[str]) -> Iterator[tuple[dict[str, torch.Tensor], _Versions]]:
         store: dict[str, torch.Tensor] = {}
-        handles = []
+        versions: _Versions = {}
 
-        def make_hook(name: str):
-            def hook(_module, _inputs, output):
-                store[name] = output
+        def capture(ref: str, output: Any) -> None:
+            tensor = first_tensor(output)
+            if tensor is None:
+                raise TypeError(f"Layer {ref!r} returned {type(output).__name__}, which holds no tensor.")
+            if self._needs_copy(ref):
+                tensor = tensor.clone()
+            else:
+                versions[ref] = (tensor, tensor._version)
+            store[ref] = tensor
 
-            return hook
-
-        try:
-            for name in names:
-                handles.append(modules[name].register_forward_hook(make_hook(name)))
-            yield store
-        finally:
-            for handle in handles:
-                handle.remove()
+        with CallHooks(self.model, names, capture, roots=[self.model, self._model]):
+            yield store, versions
 
     def forward_with_latents(
         self, x: torch.Tensor, layers: str | int | Sequence[str | int] | None = None
@@ -239,21 +458,40 @@ class LatentClassifier(PyTorchClassifier):
 
         Differentiable w.r.t. `x` and the parameters; ART's preprocessing (standardisation and PyTorch preprocessing
         defences) is applied first, as in ``loss_gradient``. Runs in the model's current train/eval mode and does not
-        change it.
+        change it. Each activation is what its module returned at that call, whatever the model does to the tensor
+        in place afterwards.
 
         :param x: Input batch (a tensor on :attr:`device`, in input space, shape ``(n, *input_shape)``).
-        :param layers: Names (or indices into :attr:`latent_layers`); default: :attr:`latent_layers`.
-        :return: ``(logits, activations)`` with ``activations`` a dict name -> tensor in the order of `layers`.
+        :param layers: Names, call references (or indices into :attr:`latent_layers`); default: :attr:`latent_layers`.
+        :return: ``(logits, activations)`` with ``activations`` a dict call reference -> tensor in the order of
+                 `layers`.
         """
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"`x` must be a torch.Tensor, got {type(x).__name__}; use get_activations for numpy.")
-        names = self._module_names(layers)
-        x_pre, _ = self._apply_preprocessing(x, y=None, fit=False, no_grad=False)
-        with self._hooked(names) as store:
-            logits = self.model(x_pre)
+        if self.all_framework_preprocessing:
+            x_pre, _ = self._apply_preprocessing(x, y=None, fit=False, no_grad=False)
+        else:  # numpy preprocessing defences (ART's SpatialSmoothing, ...): not differentiable, as in ART
+            x_pre = self._preprocess_example(x)
+        names = self._module_names(layers, x_preprocessed=x_pre)
+        if names:
+            self.trace(x_pre)  # once per mode: which captures must be copied
+        for _attempt in range(2):
+            with self._hooked(names) as (store, versions):
+                logits = self.model_logits(x_pre)
+            modified = [ref for ref, (tensor, version) in versions.items() if tensor._version != version]
+            if not modified:
+                break
+            # The traced forward did not show this (data-dependent in-place code): copy from now on and redo it.
+            logger.warning("Layers %s were modified in place after their module returned, which the traced forward "
+                           "pass did not show; they are copied from now on and this forward pass is repeated.",
+                           modified)
+            self._forced_copies.update(modified)
         missing = [name for name in names if name not in store]
         if missing:
-            raise RuntimeError(f"Layers {missing} did not run in the forward pass; they cannot be regularized.")
+            calls = self._traces.get(self.model.training)
+            counts = calls.call_counts() if calls is not None else {}
+            detail = ", ".join(f"{ref!r} (module called {counts.get(split_ref(ref)[0], 0)} times)" for ref in missing)
+            raise RuntimeError(f"Layers {detail} did not run in the forward pass; they cannot be regularized.")
         return logits, {name: store[name] for name in names}
 
     def get_activations(
@@ -267,15 +505,23 @@ class LatentClassifier(PyTorchClassifier):
         Return the output of `layer` for input `x`, computed in eval mode; the model's mode is restored afterwards.
 
         :param x: Input samples (numpy or tensor).
-        :param layer: A qualified name from ``model.named_modules()`` (nested names work) or an index into
-                      :attr:`latent_layers`; default: the last latent layer.
+        :param layer: As in ART: an index into :attr:`layer_names` or one of its names; also any qualified name from
+                      ``model.named_modules()`` or a call reference (``"layer1.0.relu#1"``); default: the last latent
+                      layer.
         :param batch_size: Batch size for the numpy path.
         :param framework: If true, return a tensor that is differentiable w.r.t. `x` (one pass, no batching).
         :return: The activations, first dimension the number of samples.
         """
         if batch_size < 1:
             raise ValueError(f"`batch_size` must be a positive integer, got {batch_size}.")
-        name = self._module_names(-1 if layer is None else layer, argument="layer")[0]
+        if isinstance(layer, int) and not isinstance(layer, bool):
+            top = self.layer_names
+            if not -len(top) <= layer < len(top):
+                raise ValueError(f"`layer` index {layer} out of range for {len(top)} layers in `layer_names` "
+                                 f"(accepted: -{len(top)} to {len(top) - 1}).")
+            name = top[layer]
+        else:
+            name = self._module_names(-1 if layer is None else layer, argument="layer")[0]
         with preserve_mode(self.model):
             self.model.eval()
             if framework:
@@ -290,7 +536,12 @@ class LatentClassifier(PyTorchClassifier):
         return np.concatenate(outputs) if outputs else np.empty((0,), dtype=np.float32)
 
     def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(model={type(self.model).__name__}, input_shape={self.input_shape}, "
-            f"nb_classes={self.nb_classes}, clip_values={self.clip_values}, latent_layers={self._latent_layers})"
-        )
+        extra = f", layers={self._layers!r}"
+        if self._output_key is not None:
+            extra += f", output_key={self._output_key!r}"
+        if self._logits_fn is not None:
+            extra += f", logits_fn={self._logits_fn!r}"
+        if self._latent_layers is not None:
+            extra += f", latent_layers={self._latent_layers}"
+        base = super().__repr__()
+        return base[:-1] + extra + ")"

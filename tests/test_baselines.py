@@ -289,7 +289,7 @@ def test_guide_loss_matches_hand_computation(tiny_classifier, guide_layer, norma
     denoiser = _denoiser(identity_init=False)
     trainer = DenoiserTrainer(tiny_classifier, denoiser, FastGradientMethod(tiny_classifier, eps=0.1),
                               guide_layer=guide_layer, normalization=normalization)
-    name = {"last_conv": "res.bn2", "logits": "head", "fc": "fc"}[guide_layer]
+    name = {"last_conv": "res", "logits": "head", "fc": "fc"}[guide_layer]
     assert trainer.guide_layer == ("logits" if guide_layer == "logits" else name)
     x, y = _batch()
     model.eval()

@@ -21,10 +21,9 @@ def _hook_count(model: nn.Module) -> int:
 
 
 def test_auto_layers_tiny_net(tiny_classifier):
-    # stem conv->bn->ELU gives the ELU; the residual block's modules are conv1->bn1->relu, conv2->bn2->relu (relu
-    # reused: listed once, at its first call, so the second block ends at bn2); fc is followed by a functional relu;
-    # head produces the logits and is excluded.
-    assert tiny_classifier.latent_layers == ["stem.unit.act", "res.relu", "res.bn2", "fc"]
+    # stem conv->bn->ELU gives the ELU; the residual block (relu(out + x)) is one unit, its output; fc is followed by
+    # a functional relu (not hookable: fc itself); head produces the logits and is excluded.
+    assert tiny_classifier.latent_layers == ["stem.unit.act", "res", "fc"]
 
 
 def test_auto_layers_vgg_are_post_activation():
@@ -126,8 +125,10 @@ def test_get_activations_nested_names_no_leaks(tiny_classifier):
         tiny_classifier.get_activations(x, "block2.conv.9")
 
 
-def test_layer_names_lists_nested_modules(tiny_classifier):
-    assert "stem.unit.conv" in tiny_classifier.layer_names and "res.bn2" in tiny_classifier.layer_names
+def test_layer_names_are_arts_and_module_names_nested(tiny_classifier):
+    # ART's meaning (top-level children, what get_activations(x, int) indexes); every qualified name in module_names
+    assert tiny_classifier.layer_names == ["stem", "res", "pool", "fc", "head"]
+    assert "stem.unit.conv" in tiny_classifier.module_names and "res.bn2" in tiny_classifier.module_names
 
 
 def test_art_attacks_and_metrics_run(tiny_classifier, tiny_data):

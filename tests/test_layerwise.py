@@ -234,12 +234,30 @@ def test_hooks_removed_after_an_exception(tiny_data):
     assert _hook_count(clf.model) == 0 and trainer._cache == {} and trainer._state is None
 
 
-def test_a_site_that_runs_twice_is_rejected(tiny_data):
+def test_a_site_perturbs_only_its_own_call_of_a_shared_module(tiny_data):
     clf = make_classifier()
-    trainer = LayerwisePerturbationTrainer(clf, layers=["res.relu"])  # the residual block's shared activation
-    with pytest.raises(RuntimeError, match="ran twice"):
-        trainer.fit(*tiny_data, nb_epochs=1, batch_size=32, verbose=False)
-    assert _hook_count(clf.model) == 0
+    model = clf.model
+    trainer = LayerwisePerturbationTrainer(clf, layers=["res.relu#1"])  # the block's shared ReLU, second call
+    seen: list[torch.Tensor] = []
+    handle = model.res.relu.register_forward_hook(lambda _m, _i, out: seen.append(out.detach().clone()))
+    x = torch.from_numpy(tiny_data[0][:4])
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x)
+            with trainer.fit_context():
+                trainer._cache = {"res.relu#1": torch.ones(4, 4, 8, 8)}
+                with trainer._forward("cached"):
+                    perturbed = model(x)
+            # only the block output (call 1) is shifted by the cached perturbation; call 0 (after bn1) is not
+            expected = model.head(torch.relu(model.fc(model.pool(seen[1] + 1.0).flatten(1))))
+    finally:
+        handle.remove()
+    torch.testing.assert_close(seen[2], seen[0])  # the ReLU's own first output, the same in both passes
+    torch.testing.assert_close(perturbed, expected)
+    history = trainer.fit(*tiny_data, nb_epochs=1, batch_size=32, verbose=False)
+    assert history[-1]["rel_size/res.relu#1"] > 0
+    assert _hook_count(model) == 0
 
 
 def test_bf16_autocast_trains(tiny_data):

@@ -18,7 +18,7 @@ from art.estimators.classification.pytorch import PyTorchClassifier
 from tqdm.auto import tqdm
 
 from art_latent.estimator import LatentClassifier
-from art_latent.layers import _LEARNABLE_TYPES, LayerSpec, trace_execution_order
+from art_latent.layers import _LEARNABLE_TYPES, LayerSpec
 from art_latent.perturbations import (
     Budget,
     GaussianNoiseSource,
@@ -139,10 +139,8 @@ def learnable_layers(classifier: LatentClassifier, include_logits: bool = False)
     """
     names = classifier._resolve("auto")
     if include_logits:
-        example, _ = classifier._apply_preprocessing(classifier._example_input(), y=None, fit=False, no_grad=True)
-        modules = dict(classifier.model.named_modules())
-        order = trace_execution_order(classifier.model, example)
-        learnable = [n for n in order if isinstance(modules[n], _LEARNABLE_TYPES)]
+        trace = classifier.trace(training=False)
+        learnable = [call.ref for call in trace.calls if call.leaf and isinstance(call.module, _LEARNABLE_TYPES)]
         names.append(learnable[-1])
     return names
 
@@ -399,7 +397,7 @@ class LayerSustainabilityAnalysis:
         else:
             if include_logits:
                 raise ValueError("`include_logits` applies to layers='learnable' only; list the logits layer instead.")
-            self.layers = classifier._module_names(layers)
+            self.layers = classifier.require_latent_layers(layers)
 
     def run(
         self,

@@ -15,8 +15,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from art_latent.capture import split_ref
 from art_latent.estimator import LatentClassifier
-from art_latent.layers import trace_execution_order
 from art_latent.utils import preserve_mode
 
 logger = logging.getLogger(__name__)
@@ -40,11 +40,7 @@ def final_linear_layer(classifier: LatentClassifier) -> str:
     :return: The module name.
     :raises ValueError: If no ``torch.nn.Linear`` runs.
     """
-    example = torch.zeros((1, *classifier.input_shape), dtype=torch.float32, device=classifier.device)
-    example, _ = classifier._apply_preprocessing(example, y=None, fit=False, no_grad=True)
-    modules = dict(classifier.model.named_modules())
-    linears = [name for name in trace_execution_order(classifier.model, example)
-               if isinstance(modules[name], torch.nn.Linear)]
+    linears = [call.ref for call in classifier.trace(training=False).calls if isinstance(call.module, torch.nn.Linear)]
     if not linears:
         raise ValueError(
             "The model has no torch.nn.Linear layer whose input could be the embedding; name the embedding layer "
@@ -95,7 +91,7 @@ def forward_with_embedding(
     if not site.use_input:
         logits, acts = classifier.forward_with_latents(x, [site.name])
         return logits, acts[site.name].flatten(1)
-    module = dict(classifier.model.named_modules())[site.name]
+    module = dict(classifier.model.named_modules())[split_ref(site.name)[0]]
     store: dict[str, torch.Tensor] = {}
 
     def pre_hook(_module: torch.nn.Module, inputs: tuple[Any, ...]) -> None:
@@ -104,7 +100,7 @@ def forward_with_embedding(
     handle = module.register_forward_pre_hook(pre_hook)
     try:
         x_pre, _ = classifier._apply_preprocessing(x, y=None, fit=False, no_grad=False)
-        logits = classifier.model(x_pre)
+        logits = classifier.model_logits(x_pre)
     finally:
         handle.remove()
     if "h" not in store:

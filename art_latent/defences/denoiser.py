@@ -398,7 +398,7 @@ class DenoiserTrainer(LatentTrainer):
         # The last latent layer (in execution order) whose output keeps spatial dimensions.
         with preserve_mode(self._plain.model), torch.no_grad(), self._plain.latents() as store:
             self._plain.model.eval()
-            x_pre, _ = self._plain._apply_preprocessing(self._plain._example_input(), None, fit=False)
+            x_pre = self._plain._preprocess_example(self._plain._example_input())
             self._plain.model(x_pre)
             spatial = [name for name, out in store.items() if isinstance(out, torch.Tensor) and out.ndim >= 3]
         if not spatial:
@@ -412,7 +412,7 @@ class DenoiserTrainer(LatentTrainer):
     def _guide(self, classifier: LatentClassifier, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward through `classifier` (with its preprocessing): ``(logits, guide activation)``."""
         if self.guide_layer == LOGITS:
-            logits = classifier.model(classifier._apply_preprocessing(x, None, fit=False, no_grad=False)[0])
+            logits = classifier.model_logits(classifier._apply_preprocessing(x, None, fit=False, no_grad=False)[0])
             return logits, logits
         logits, acts = classifier.forward_with_latents(x, [self.guide_layer])
         return logits, acts[self.guide_layer]

@@ -137,7 +137,7 @@ class ATLRTrainer(LatentTrainer):
         self.lsa_result: LSAResult | None = None
         self.layers: list[str] | None = None
         if not self._use_lsa:
-            self.layers = self._classifier._module_names(layers)
+            self.layers = self._classifier.require_latent_layers(layers)
             if isinstance(self.gamma, tuple) and len(self.gamma) != len(self.layers):
                 raise ValueError(f"`gamma` has {len(self.gamma)} weights for {len(self.layers)} layers {self.layers}.")
 
@@ -212,7 +212,7 @@ class ATLRTrainer(LatentTrainer):
         if self.regularized:
             logits_all, acts = self._classifier.forward_with_latents(both, self.layers)
         else:
-            logits_all, acts = self._classifier.model(self._preprocess(both)), {}
+            logits_all, acts = self._classifier.model_logits(self._preprocess(both)), {}
         logits, logits_adv = logits_all[:n], logits_all[n:]
         if self.base == "ce":
             base_loss = self._classifier._loss(logits_adv, y)

@@ -234,7 +234,7 @@ class LatentTrainer(Trainer):
                  ``batch["x"]`` (for the training accuracy) and a dict of detached scalar tensors to average over
                  the epoch (e.g. ``"regularizer"``).
         """
-        logits = self._classifier.model(self._preprocess(batch["x"]))
+        logits = self._classifier.model_logits(self._preprocess(batch["x"]))
         loss = self._classifier._loss(logits, batch["y"])
         return loss, logits, {}
 

@@ -91,7 +91,7 @@ class DeepDefenseTrainer(LatentTrainer):
             module.eval()
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._classifier.model(self._preprocess(x))
+        return self._classifier.model_logits(self._preprocess(x))
 
     def training_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         x, y = batch["x"], batch["y"]

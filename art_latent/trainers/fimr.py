@@ -66,7 +66,7 @@ class FIMRTrainer(LatentTrainer):
         self.max_inverse = max_inverse
 
     def training_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        logits = self._classifier.model(self._preprocess(batch["x"]))
+        logits = self._classifier.model_logits(self._preprocess(batch["x"]))
         ce = self._classifier._loss(logits, batch["y"])
         fisher = fisher_trace(logits, self.reduction, self.max_inverse)
         loss = (1.0 - self.zeta) * ce + self.zeta * fisher

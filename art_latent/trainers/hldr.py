@@ -111,7 +111,7 @@ class HLDRTrainer(LatentTrainer):
                 f"The attack {type(attack).__name__} has no `eps` to set per budget; use budgets=None or an attack "
                 "with an eps (FGSM, PGD, BIM, ...)."
             )
-        self.layers = self._classifier.latent_layers if layers is None else self._classifier._module_names(layers)
+        self.layers = self._classifier.require_latent_layers(layers)
         self.regenerate = check_choice("regenerate", regenerate, REGENERATE)
         self.noise: GaussianNoiseSource | None = None
         if noise_sigma is not None:

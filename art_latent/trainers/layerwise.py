@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from art_latent.capture import CallHooks, split_ref
 from art_latent.estimator import LatentClassifier
 from art_latent.layers import LayerSpec, trace_execution_order
 from art_latent.trainers.base import Batch, LatentTrainer
@@ -36,8 +37,9 @@ def perturbation_sites(model: nn.Module, example: torch.Tensor) -> list[str]:
     :return: Qualified module names in execution order.
     :raises ValueError: If the model has no convolution and no hidden linear layer.
     """
-    modules = dict(model.named_modules())
+    named = dict(model.named_modules())
     order = trace_execution_order(model, example)
+    modules = {ref: named[split_ref(ref)[0]] for ref in order}
 
     def sites_after(kinds: tuple[type, ...], skip_last: bool) -> list[str]:
         found = [i for i, name in enumerate(order) if isinstance(modules[name], kinds)]
@@ -103,7 +105,7 @@ class LayerwisePerturbationTrainer(LatentTrainer):
         :param eps: :math:`\\epsilon > 0`, the multiple of each site's gradient range (the paper cross-validates
                     10, 20, 30 and uses 20 when not stated; gradient ranges are ~1e-4 to 1e-2).
         :param layers: ``"auto"`` (see :func:`perturbation_sites`) or names / patterns / types / indices into
-                       ``latent_layers``; each site must run once per forward pass.
+                       ``latent_layers``; each site is one call (``"relu#1"``: the second call in a forward pass).
         :param variant: ``"orig"``, ``"joint"`` or ``"fgs-inter"``.
         :param alpha: Weight :math:`\\alpha \\in [0, 1)` of the clean loss in ``"joint"`` and ``"fgs-inter"`` (0.5
                       in the paper); ``"orig"`` is :math:`\\alpha = 0` by definition and ignores it.
@@ -115,10 +117,9 @@ class LayerwisePerturbationTrainer(LatentTrainer):
         self.alpha = check_range("alpha", alpha, 0.0, 1.0, high_open=True)
         if isinstance(layers, str) and layers == "auto":
             clf = self._classifier
-            example, _ = clf._apply_preprocessing(clf._example_input(), y=None, fit=False, no_grad=True)
-            self.sites = perturbation_sites(clf.model, example)
+            self.sites = perturbation_sites(clf.model, clf._preprocess_example(clf._example_input()))
         else:
-            self.sites = self._classifier._module_names(layers)
+            self.sites = self._classifier.require_latent_layers(layers)
         self._state: str | None = None  # None: hooks are inert (validation, attacks, prediction)
         self._offset = 0
         self._seen: set[str] = set()
@@ -135,19 +136,16 @@ class LayerwisePerturbationTrainer(LatentTrainer):
 
     @contextlib.contextmanager
     def _hooked(self) -> Iterator[None]:
-        modules = dict(self._classifier.model.named_modules())
-        handles = []
+        clf = self._classifier
         self._reset()
         if self._restored is not None:  # resuming: the perturbation the interrupted run would have used next
             self._cache = {name: value.to(self.device) for name, value in self._restored.items()}
             self._restored = None
         try:
-            for name in self.sites:
-                handles.append(modules[name].register_forward_hook(self._forward_hook(name)))
-            yield
+            # one hook per site's module, firing on the site's call only ("relu#1" leaves the relu's first call alone)
+            with CallHooks(clf.model, self.sites, self._site_hook, roots=[clf.model, clf._model]):
+                yield
         finally:
-            for handle in handles:
-                handle.remove()
             self._reset()
 
     def _reset(self) -> None:
@@ -166,44 +164,38 @@ class LayerwisePerturbationTrainer(LatentTrainer):
         if missing:
             raise RuntimeError(f"Perturbation sites {missing} did not run in the forward pass.")
 
-    def _forward_hook(self, name: str) -> Callable[..., torch.Tensor | None]:
-        def hook(_module: nn.Module, _inputs: Any, output: Any) -> torch.Tensor | None:
-            state = self._state
-            if state is None:
-                return None
-            if not isinstance(output, torch.Tensor):
-                raise TypeError(f"Perturbation site {name!r} returns {type(output).__name__}, not a tensor.")
-            if name in self._seen:
-                raise RuntimeError(
-                    f"Perturbation site {name!r} ran twice in one forward pass (a shared module); choose sites that "
-                    "run once."
-                )
-            self._seen.add(name)
-            if state == "capture":
-                self._outputs[name] = output
-                return None
-            if state == "apply":
-                perturbation = self._current[name]
-                self._log_size(name, output, perturbation)
-                return output + perturbation.to(output.dtype)
-            # "cached": the perturbation of the previous batch's gradient, on rows [offset:]
-            offset = self._offset
-            cached = self._cache.get(name)
-            target_shape = (output.shape[0] - offset, *output.shape[1:])
-            result = output
-            if cached is not None and tuple(cached.shape) == target_shape:
-                self._log_size(name, output[offset:], cached)
-                perturbation = cached.to(output.dtype)
-                if offset:
-                    perturbation = torch.cat([torch.zeros_like(output[:offset]), perturbation])
-                result = output + perturbation
-            else:
-                self._logs[f"rel_size/{name}"] = torch.zeros((), device=output.device)
-            if result.requires_grad:
-                result.register_hook(self._gradient_hook(name, offset))
-            return result
-
-        return hook
+    def _site_hook(self, name: str, output: Any) -> torch.Tensor | None:
+        state = self._state
+        if state is None:
+            return None
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(f"Perturbation site {name!r} returns {type(output).__name__}, not a tensor.")
+        self._seen.add(name)
+        if state == "capture":
+            self._outputs[name] = output
+            # later in-place code (an in-place ReLU) would change the captured tensor: it works on a copy (always,
+            # unless a trace of this mode shows no in-place change)
+            return output.clone() if self._classifier._needs_copy(name) else None
+        if state == "apply":
+            perturbation = self._current[name]
+            self._log_size(name, output, perturbation)
+            return output + perturbation.to(output.dtype)
+        # "cached": the perturbation of the previous batch's gradient, on rows [offset:]
+        offset = self._offset
+        cached = self._cache.get(name)
+        target_shape = (output.shape[0] - offset, *output.shape[1:])
+        result = output
+        if cached is not None and tuple(cached.shape) == target_shape:
+            self._log_size(name, output[offset:], cached)
+            perturbation = cached.to(output.dtype)
+            if offset:
+                perturbation = torch.cat([torch.zeros_like(output[:offset]), perturbation])
+            result = output + perturbation
+        else:
+            self._logs[f"rel_size/{name}"] = torch.zeros((), device=output.device)
+        if result.requires_grad:
+            result.register_hook(self._gradient_hook(name, offset))
+        return result
 
     def _gradient_hook(self, name: str, offset: int) -> Callable[[torch.Tensor], None]:
         def hook(grad: torch.Tensor) -> None:
@@ -234,7 +226,7 @@ class LayerwisePerturbationTrainer(LatentTrainer):
 
     def training_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         x, y = batch["x"], batch["y"]
-        model, loss_fn = self._classifier.model, self._classifier._loss
+        model, loss_fn = self._classifier.model_logits, self._classifier._loss
         self._logs = {"perturbed": torch.zeros((), device=x.device)}
         x_pre = self._preprocess(x)
         n = len(x)

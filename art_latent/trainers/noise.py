@@ -151,7 +151,7 @@ class StabilityTrainer(LatentTrainer):
     def training_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         x, y = batch["x"], batch["y"]
         n = len(x)
-        logits_all = self._classifier.model(self._preprocess(torch.cat([x, self.noise.generate(x, y)])))
+        logits_all = self._classifier.model_logits(self._preprocess(torch.cat([x, self.noise.generate(x, y)])))
         logits = logits_all[:n]
         ce = self._classifier._loss(logits, y)
         kl = stability_kl(logits, logits_all[n:])
