@@ -88,7 +88,7 @@ def predict_labels(classifier: Any, x: Any, batch_size: int = 256) -> torch.Tens
         for begin in range(0, len(x_t), batch_size):
             x_pre, _ = classifier._apply_preprocessing(x_t[begin : begin + batch_size], y=None, fit=False,
                                                        no_grad=True)
-            out.append(model(x_pre).argmax(dim=1))
+            out.append(classifier._model(x_pre)[-1].argmax(dim=1))  # ART's wrapper: the logits
     return torch.cat(out) if out else torch.empty(0, dtype=torch.int64, device=classifier.device)
 
 

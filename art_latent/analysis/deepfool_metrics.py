@@ -69,7 +69,7 @@ def rho2(
     model = classifier.model
 
     def forward(z: torch.Tensor) -> torch.Tensor:
-        return model(classifier._apply_preprocessing(z, y=None, fit=False, no_grad=False)[0])
+        return classifier._model(classifier._apply_preprocessing(z, y=None, fit=False, no_grad=False)[0])[-1]
 
     ratios, fooled = [], []
     with preserve_mode(model):

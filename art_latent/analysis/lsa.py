@@ -450,7 +450,8 @@ class LayerSustainabilityAnalysis:
                 xb = torch.from_numpy(x_np[begin : begin + batch_size]).to(device)
                 if y is None:
                     with torch.no_grad():
-                        yb = model(clf._apply_preprocessing(xb, y=None, fit=False, no_grad=True)[0]).argmax(1)
+                        xb_pre = clf._apply_preprocessing(xb, y=None, fit=False, no_grad=True)[0]
+                        yb = clf.model_logits(xb_pre).argmax(1)
                 else:
                     yb = torch.from_numpy(y_np[begin : begin + batch_size]).to(device)
                 perturbed = []

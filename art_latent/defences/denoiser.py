@@ -385,6 +385,8 @@ class DenoiserTrainer(LatentTrainer):
             preprocessing=classifier.preprocessing,
             device_type="cpu" if classifier.device.type == "cpu" else "gpu",
             layers=getattr(classifier, "layers", "auto"),
+            output_key=getattr(classifier, "output_key", None),
+            logits_fn=getattr(classifier, "logits_fn", None),
         )
 
     def _resolve_guide(self, guide_layer: str | int) -> str:

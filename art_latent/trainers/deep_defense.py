@@ -4,10 +4,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from art_latent.estimator import LatentClassifier
 from art_latent.regularizers.deepfool import deep_defense_regularizer, deepfool, perturbation_ratio
@@ -89,6 +91,12 @@ class DeepDefenseTrainer(LatentTrainer):
         self._classifier.model.train()
         for module in self._batchnorms:
             module.eval()
+
+    def fit_context(self) -> contextlib.AbstractContextManager:
+        # The regularizer differentiates through input gradients (double backward); the fused attention kernels
+        # (flash / memory-efficient scaled_dot_product_attention, used by HF transformers) have no double backward,
+        # the math kernel has.
+        return sdpa_kernel([SDPBackend.MATH])
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._classifier.model_logits(self._preprocess(x))

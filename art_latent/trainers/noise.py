@@ -87,7 +87,7 @@ class GaussianNoiseTrainer(LatentTrainer):
     def training_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         x, y = batch["x"], batch["y"]
         x_noisy = batch["x_noisy"] if "x_noisy" in batch else self.noise.generate(x, y)
-        model = self._classifier.model
+        model = self._classifier.model_logits
         if not self.keep_clean:
             logits = model(self._preprocess(x_noisy))
             return self._classifier._loss(logits, y), logits, {}
