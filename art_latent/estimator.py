@@ -111,6 +111,8 @@ class LatentClassifier(PyTorchClassifier):
         self._forced_copies: set[str] = set()
         self._layers: LayerSpec = layers
         self._latent_layers: list[str] | None = None
+        #: The layers the last latent trainer regularized (set by its ``fit``); the latent attack's default.
+        self.regularized_layers: list[str] = []
         super().__init__(
             model=model,
             loss=loss,
@@ -266,6 +268,7 @@ class LatentClassifier(PyTorchClassifier):
         state.setdefault("_logits_fn", None)
         state.setdefault("_traces", {})
         state.setdefault("_forced_copies", set())
+        state.setdefault("regularized_layers", [])
         super().__setstate__(state)
 
     # ------------------------------------------------------------------ layers

@@ -266,3 +266,18 @@ def test_numpy_preprocessing_defence_works():
     assert clf.predict(x).shape == (3, 3)
     assert clf.get_activations(x, "res").shape == (3, 4, 8, 8)
     assert clf.latent_layers == ["stem.unit.act", "res", "fc"]
+
+
+def test_trainers_record_the_layers_they_regularize(tiny_data):
+    from art.attacks.evasion import FastGradientMethod
+
+    from art_latent import LayerwisePerturbationTrainer
+
+    clf = make_classifier()
+    assert clf.regularized_layers == []
+    HLDRTrainer(clf, FastGradientMethod(clf, eps=0.1), layers=["res", "fc"]).fit(
+        *tiny_data, nb_epochs=1, batch_size=32, verbose=False)
+    assert clf.regularized_layers == ["res", "fc"]
+    trainer = LayerwisePerturbationTrainer(clf, layers=["res.relu#1"])
+    trainer.fit(*tiny_data, nb_epochs=1, batch_size=32, verbose=False)
+    assert clf.regularized_layers == ["res.relu#1"]

@@ -389,6 +389,11 @@ class DenoiserTrainer(LatentTrainer):
             logits_fn=getattr(classifier, "logits_fn", None),
         )
 
+    @property
+    def regularized_layers(self) -> list[str]:
+        """The guide layer whose activations the denoiser matches (none for the logits-guided variant)."""
+        return [] if self.guide_layer == LOGITS else [self.guide_layer]
+
     def _resolve_guide(self, guide_layer: str | int) -> str:
         if guide_layer == LOGITS:
             return LOGITS

@@ -231,6 +231,14 @@ class AFDTrainer(LatentTrainer):
 
     # ------------------------------------------------------------------ construction helpers
 
+    @property
+    def regularized_layers(self) -> list[str]:
+        """
+        The embedding's layer when it is a module output; none for the default site (the *input* of the final
+        linear layer, which no module call returns as such: the latent attack then uses ``latent_layers``).
+        """
+        return [] if self.embedding.use_input else [self.embedding.name]
+
     def _trace_encoder(self) -> tuple[list[nn.Parameter], int]:
         """The trainable parameters the embedding depends on (one traced pass in eval mode) and its size."""
         model = self._classifier.model

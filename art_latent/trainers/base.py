@@ -561,6 +561,16 @@ class LatentTrainer(Trainer):
         np.random.seed(self.seed)  # ART's attacks draw their random initialisations from numpy
         self._shuffle_generator.manual_seed(self.seed)
 
+    @property
+    def regularized_layers(self) -> list[str]:
+        """
+        The hidden layers (call references) this method regularizes or perturbs; recorded on the classifier as
+        ``classifier.regularized_layers`` when ``fit`` starts, where evaluation (the latent adaptive attack) finds
+        them. Default: ``self.layers`` when the method has such a list, else none.
+        """
+        layers = getattr(self, "layers", None)
+        return list(layers) if isinstance(layers, (list, tuple)) else []
+
     def _loop(
         self,
         epoch_batches: Callable[[int], tuple[int, Iterator[Batch]]],
@@ -574,6 +584,8 @@ class LatentTrainer(Trainer):
     ) -> list[dict[str, float]]:
         model = self._classifier.model
         callbacks = list(callbacks or [])
+        if self.regularized_layers:
+            self._classifier.regularized_layers = self.regularized_layers
         for callback in callbacks:
             if not callable(callback):
                 raise TypeError(f"`callbacks` must hold callables, got {type(callback).__name__}.")

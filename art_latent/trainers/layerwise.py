@@ -129,6 +129,11 @@ class LayerwisePerturbationTrainer(LatentTrainer):
         self._logs: dict[str, torch.Tensor] = {}
         self._restored: dict[str, torch.Tensor] | None = None
 
+    @property
+    def regularized_layers(self) -> list[str]:
+        """The perturbation sites."""
+        return list(self.sites)
+
     # ------------------------------------------------------------------ hooks
 
     def fit_context(self) -> contextlib.AbstractContextManager:
