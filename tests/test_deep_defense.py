@@ -250,3 +250,28 @@ def test_deep_defense_fine_tuning_raises_rho2(tiny_data):
 def test_bad_hyper_parameters_rejected(tiny_classifier, kwargs, match):
     with pytest.raises(ValueError, match=match):
         DeepDefenseTrainer(tiny_classifier, **kwargs)
+
+
+def test_never_estimated_batchnorm_is_estimated_once_and_a_fresh_resnet_trains():
+    # A fresh BatchNorm ResNet (torchvision's structure) at the paper's defaults with the authors' optimizer: frozen
+    # BatchNorm at mean 0 / variance 1 does not normalize, and the loss used to explode within five batches.
+    from archs import resnet_tv
+
+    from art_latent.data import load_dataset
+
+    data = load_dataset("bundled")
+    index = np.random.default_rng(0).permutation(len(data.y_train))[:256]
+    x, y = data.x_train[index], data.y_train[index]
+    torch.manual_seed(0)
+    model = resnet_tv("basic", (1, 1))
+    clf = LatentClassifier(model, nn.CrossEntropyLoss(), (1, 28, 28), 10, clip_values=(0.0, 1.0), device_type="cpu",
+                           optimizer=torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9))
+    history = DeepDefenseTrainer(clf, seed=0).fit(x, y, nb_epochs=1, batch_size=64, verbose=False)
+    assert np.isfinite(history[-1]["loss"]) and history[-1]["loss"] < 1e3
+    bn = model.layer1[0].bn2
+    assert int(bn.num_batches_tracked) > 0 and not torch.equal(bn.running_var, torch.ones_like(bn.running_var))
+    assert bn.momentum == 0.1  # restored after the cumulative pass
+    # a trained model's statistics are left alone
+    before = bn.running_mean.clone()
+    DeepDefenseTrainer(clf, seed=0).prepare_data(torch.from_numpy(x[:8]), torch.from_numpy(y[:8]))
+    assert torch.equal(bn.running_mean, before)

@@ -18,6 +18,9 @@ from art_latent.validation import check_int, check_range
 
 logger = logging.getLogger(__name__)
 
+#: Batch size of the one-time BatchNorm statistics pass.
+_BN_BATCH = 256
+
 
 class DeepDefenseTrainer(LatentTrainer):
     r"""
@@ -85,6 +88,45 @@ class DeepDefenseTrainer(LatentTrainer):
         self._batchnorms = [
             m for m in self._classifier.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
         ]
+
+    def _never_estimated(self) -> list[torch.nn.modules.batchnorm._BatchNorm]:
+        """BatchNorm layers whose running statistics are still their initial values (they never saw data)."""
+        return [m for m in self._batchnorms
+                if m.track_running_stats and m.running_mean is not None and m.running_var is not None
+                and m.num_batches_tracked is not None and int(m.num_batches_tracked) == 0
+                and bool((m.running_mean == 0).all()) and bool((m.running_var == 1).all())]
+
+    def prepare_data(self, x: torch.Tensor, y: torch.Tensor) -> Batch:
+        """
+        Estimate, once, the statistics of BatchNorm layers that never saw data: frozen at mean 0 / variance 1 they
+        would not normalize, and on a fresh model the DeepFool ratios of misclassified samples then explode the
+        exponential term (the loss reaches 1e21 within a few batches). A trained model is left as it is.
+        """
+        fresh = self._never_estimated()
+        if fresh:
+            logger.warning("%d BatchNorm layer(s) never saw data: estimating their running statistics once on the "
+                           "training inputs (no weight update). Deep Defense is meant to fine-tune a trained model.",
+                           len(fresh))
+            momenta = [m.momentum for m in fresh]
+            for m in fresh:
+                m.reset_running_stats()
+                m.momentum = None  # a cumulative average over the whole pass
+                m.train()
+            try:
+                with torch.no_grad():
+                    for start in range(0, len(x), _BN_BATCH):
+                        self._forward(x[start : start + _BN_BATCH])
+            finally:
+                for m, momentum in zip(fresh, momenta, strict=True):
+                    m.momentum = momentum
+                    m.eval()
+        return super().prepare_data(x, y)
+
+    def prepare_generator(self, generator: Any, resuming: bool) -> None:
+        if not resuming and self._never_estimated():
+            logger.warning("BatchNorm layers of the model never saw data and stay frozen at mean 0 / variance 1 under "
+                           "fit_generator, which Deep Defense's exponential term does not survive: fine-tune a trained "
+                           "model, or use fit(x, y), which estimates them once.")
 
     def train_mode(self) -> None:
         """Training mode with every BatchNorm layer frozen in eval mode (running statistics, no updates)."""
