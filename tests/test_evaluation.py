@@ -175,7 +175,8 @@ def test_report_evaluates_writes_and_renders(tiny_data, tmp_path):
         seen["args"] = (classifier, x_adv.shape, x.shape)
         return {"mean": float(np.abs(x_adv - x).mean()), "per_sample": np.abs(x_adv - x).mean(axis=(1, 2, 3))}
 
-    report = RobustnessReport(eps_list=[0.1, 0.0, 0.2], sigma_list=[0.0, 0.1], pgd_max_iter=3, pgd_restarts=0,
+    report = RobustnessReport(attacks=("fgsm", "pgd", "transfer", "noise"), eps_list=[0.1, 0.0, 0.2],
+                              sigma_list=[0.0, 0.1], pgd_max_iter=3, pgd_restarts=0, masking_checks=False,
                               perturbation_eps=0.05, extra_metrics={"sens": sensitivity}, batch_size=40, verbose=False)
     assert report.eps_list == [0.0, 0.1, 0.2] and report.pgd_step_ratio == pytest.approx(2.5 / 3)
     results = report.evaluate(classifiers, x, y)

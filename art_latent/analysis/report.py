@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from art_latent.analysis.autoattack import MULTIPROCESS_MESSAGE, PRESETS, AutoAttackEnsemble
 from art_latent.analysis.curves import (
     _inputs,
     accuracy_under_perturbation,
@@ -27,30 +28,26 @@ from art_latent.analysis.curves import (
     perturbation_error,
     predict_labels,
 )
+from art_latent.analysis.masking import WHITE_BOX, gradient_masking_flags
+from art_latent.analysis.masking import masking_checks as run_masking_checks
 from art_latent.validation import check_choice, check_int, check_range
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["ATTACKS", "EPS_ATTACKS", "RobustnessReport", "gradient_masking_flags", "plot_curves", "write_json"]
 
-#: Attacks a report can run; the first four are the default suite.
-ATTACKS = ("fgsm", "pgd", "transfer", "noise", "autoattack")
+#: Attacks a report can run, all in the default suite.
+ATTACKS = ("fgsm", "pgd", "transfer", "noise", "autoattack", "latent")
 #: Attacks evaluated over the eps list (``"noise"`` runs over the sigma list instead).
-EPS_ATTACKS = ("fgsm", "pgd", "transfer", "autoattack")
-#: White-box attacks, compared with the transfer attack by the gradient-masking check.
-WHITE_BOX = ("fgsm", "pgd", "autoattack")
+EPS_ATTACKS = ("fgsm", "pgd", "transfer", "autoattack", "latent")
 ATTACK_TITLES = {
     "fgsm": "FGSM (white-box)",
     "pgd": "PGD-Linf (white-box)",
     "transfer": "transfer from the reference",
     "autoattack": "AutoAttack",
+    "latent": "latent adaptive PGD",
     "noise": "Gaussian noise",
 }
-
-MULTIPROCESS_MESSAGE = (
-    "ART's AutoAttack needs the `multiprocess` package, which is not installed: run `pip install multiprocess` "
-    "(or install art-latent with the extra that lists it)."
-)
 
 
 def _json_safe(value: Any) -> Any:
@@ -87,75 +84,6 @@ def write_json(data: Any, path: str | os.PathLike) -> Path:
     tmp.write_text(json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n")
     os.replace(tmp, path)
     return path
-
-
-def gradient_masking_flags(
-    accuracy: Mapping[str, Sequence[float | None]],
-    eps_list: Sequence[float],
-    tolerance: float = 0.01,
-    check_transfer: bool = True,
-    scale: float = 255.0,
-) -> list[str]:
-    """
-    Signs of gradient masking (obfuscated gradients) in one model's accuracy curves:
-
-    * a white-box attack (FGSM, PGD, AutoAttack; the strongest of them at each budget) leaves a *higher* accuracy
-      than the transfer attack from the undefended model at the same budget: a white-box attack with working
-      gradients is at least as strong as a black-box one;
-    * a white-box attack's accuracy *rises* from one budget to the next, or does not fall from the smallest to the
-      largest budget: a larger ball contains the smaller one;
-    * an iterative attack (PGD, AutoAttack) leaves a *higher* accuracy than single-step FGSM at the same budget:
-      with working gradients, more steps (PGD's first step is FGSM's, up to its random start) find at least as many
-      adversarial examples.
-
-    Each comparison allows `tolerance` (absolute accuracy) for sampling noise.
-
-    :param accuracy: ``{attack name: accuracies over eps_list}`` (``"fgsm"``, ``"pgd"``, ``"autoattack"``,
-                     ``"transfer"``; others are ignored).
-    :param eps_list: The budgets, ascending.
-    :param tolerance: Allowed slack, in accuracy units.
-    :param check_transfer: Compare with the transfer attack (off for the transfer source itself).
-    :param scale: Budgets are printed times this (255: in units of 1/255).
-    :return: Human-readable findings; empty when nothing is suspicious.
-    """
-    flags = []
-    eps = list(eps_list)
-
-    def fmt(e: float) -> str:
-        return f"{e * scale:g}/{scale:g}" if scale != 1 else f"{e:g}"
-
-    white = {k: v for k, v in accuracy.items() if k in WHITE_BOX and v is not None}
-    for name, curve in white.items():
-        values = [math.nan if v is None else float(v) for v in curve]
-        for i in range(len(eps) - 1):
-            if values[i + 1] > values[i] + tolerance:
-                flags.append(f"{name}: accuracy rises from {values[i]:.3f} at eps={fmt(eps[i])} to {values[i + 1]:.3f} "
-                             f"at eps={fmt(eps[i + 1])}")
-        if len(eps) > 1 and eps[-1] > eps[0] and values[-1] >= values[0] - tolerance:
-            flags.append(f"{name}: accuracy does not fall as eps grows ({values[0]:.3f} at eps={fmt(eps[0])}, "
-                         f"{values[-1]:.3f} at eps={fmt(eps[-1])})")
-    fgsm = white.get("fgsm")
-    for iterative_name in ("pgd", "autoattack"):
-        iterative_curve = white.get(iterative_name)
-        if fgsm is None or iterative_curve is None:
-            continue
-        for i, e in enumerate(eps):
-            single, iterative = fgsm[i], iterative_curve[i]
-            if e > 0 and single is not None and iterative is not None and float(iterative) > float(single) + tolerance:
-                flags.append(f"{iterative_name} accuracy ({float(iterative):.3f}) exceeds single-step FGSM accuracy "
-                             f"({float(single):.3f}) at eps={fmt(e)}")
-    transfer = accuracy.get("transfer")
-    if check_transfer and transfer is not None and white:
-        for i, e in enumerate(eps):
-            transfer_i = transfer[i]
-            if e <= 0 or transfer_i is None:
-                continue
-            best_name, best = min(((k, float(v_i)) for k, v in white.items() if (v_i := v[i]) is not None),
-                                  key=lambda item: item[1], default=(None, math.nan))
-            if best_name is not None and best > float(transfer_i) + tolerance:
-                flags.append(f"white-box accuracy ({best_name}: {best:.3f}) exceeds transfer-attack accuracy "
-                             f"({float(transfer_i):.3f}) at eps={fmt(e)}")
-    return flags
 
 
 def plot_curves(
@@ -224,15 +152,21 @@ class RobustnessReport:
     * ``"transfer"``: adversarial examples made by ``transfer_attack`` (PGD or FGSM) on the *reference*
       (undefended) model, shown to every model;
     * ``"noise"``: additive Gaussian noise over `sigma_list`;
-    * ``"autoattack"`` (only when requested): ART's ``AutoAttack`` (needs the ``multiprocess`` package).
+    * ``"autoattack"``: AutoAttack's ensemble (:class:`~art_latent.analysis.autoattack.AutoAttackEnsemble`:
+      ``"standard"`` = APGD-CE, APGD-T, Square; ``"fast"`` = APGD-CE, APGD-DLR), white-box;
+    * ``"latent"``: the latent adaptive attack :class:`~art_latent.attacks.LatentPGD` on each classifier's
+      ``regularized_layers`` (else its ``latent_layers``), PGD's steps and restarts, white-box.
 
     FGSM and PGD run on the on-device torch path of :class:`~art_latent.perturbations.TorchGradientAttack` (the same
     output as ART's ``generate``); every attack is generated and scored batch by batch on the classifier's device.
     Budget 0 is the clean accuracy. Each model also gets the per-layer perturbation error (paper 000, Fig. 6) at
     `perturbation_eps` with FGSM, and every function in `extra_metrics`.
 
-    The **gradient-masking check** (:func:`gradient_masking_flags`) flags a model whose white-box accuracy exceeds its
-    transfer-attack accuracy, or whose white-box accuracy does not fall as eps grows.
+    The **gradient-masking checks**: :func:`~art_latent.analysis.masking.gradient_masking_flags` reads the curves
+    (white-box above transfer, accuracy not falling with eps, PGD above FGSM) and, with ``masking_checks=True``,
+    :func:`~art_latent.analysis.masking.masking_checks` runs the checklist at `check_eps` (input gradients non-zero,
+    PGD over the whole input range reaches ~0, more PGD steps/restarts do not raise accuracy, black-box Square does
+    not beat white-box); every failed check is a flag.
 
     .. code-block:: python
 
@@ -243,14 +177,20 @@ class RobustnessReport:
 
     def __init__(
         self,
-        attacks: Sequence[str] = ("fgsm", "pgd", "transfer", "noise"),
+        attacks: Sequence[str] = ATTACKS,
         eps_list: Sequence[float] = (0.0, 2 / 255, 4 / 255, 8 / 255, 16 / 255, 32 / 255),
         sigma_list: Sequence[float] = (0.0, 8 / 255, 16 / 255, 32 / 255, 64 / 255),
         pgd_max_iter: int = 10,
         pgd_step_ratio: float | None = None,
         pgd_restarts: int = 1,
         transfer_attack: str = "pgd",
+        autoattack_preset: str = "standard",
         autoattack_kwargs: Mapping[str, Any] | None = None,
+        latent_kwargs: Mapping[str, Any] | None = None,
+        masking_checks: bool = True,
+        check_eps: float | None = None,
+        square_queries: int = 1000,
+        check_samples: int = 200,
         perturbation_eps: float | None = 8 / 255,
         perturbation_layers: Any = None,
         extra_metrics: Mapping[str, Callable[..., Any]] | None = None,
@@ -270,7 +210,16 @@ class RobustnessReport:
                                ``2.5 / pgd_max_iter`` (Madry et al.'s rule: the steps can cross the ball 2.5 times).
         :param pgd_restarts: PGD random starts (ART's ``num_random_init``; 0 starts at the input).
         :param transfer_attack: ``"pgd"`` or ``"fgsm"``: the attack run on the reference model for ``"transfer"``.
-        :param autoattack_kwargs: Extra keyword arguments of ART's ``AutoAttack`` (e.g. ``attacks=[...]``).
+        :param autoattack_preset: ``"standard"`` or ``"fast"`` (see
+                                  :class:`~art_latent.analysis.autoattack.AutoAttackEnsemble`).
+        :param autoattack_kwargs: Extra keyword arguments of :class:`~art_latent.analysis.autoattack.AutoAttackEnsemble`
+                                  (``max_iter``, ``targets``, ``square_queries``).
+        :param latent_kwargs: Extra keyword arguments of :class:`~art_latent.attacks.LatentPGD` (``latent_weight``,
+                              ``mode``, ``layers``, ...).
+        :param masking_checks: Run :func:`~art_latent.analysis.masking.masking_checks` for every model.
+        :param check_eps: Budget of the masking checks; default: the budget of `eps_list` closest to 8/255.
+        :param square_queries: Query budget of the black-box Square attack of the masking checks.
+        :param check_samples: Number of test samples the masking checks use.
         :param perturbation_eps: FGSM budget of the per-layer perturbation error; ``None`` skips it.
         :param perturbation_layers: Layers of the perturbation error (default: each classifier's ``latent_layers``).
         :param extra_metrics: ``{name: fn}``: more metrics per model, e.g. the representation and DeepFool metrics of
@@ -296,6 +245,13 @@ class RobustnessReport:
             raise ValueError(f"`attacks` has duplicates: {attacks}.")
         if "autoattack" in attacks and importlib.util.find_spec("multiprocess") is None:
             raise ImportError(MULTIPROCESS_MESSAGE)
+        self.autoattack_preset = check_choice("autoattack_preset", autoattack_preset, tuple(PRESETS))
+        self.latent_kwargs = dict(latent_kwargs or {})
+        self.masking_checks = bool(masking_checks)
+        self.check_eps = None if check_eps is None else check_range("check_eps", check_eps, 0.0, math.inf,
+                                                                     low_open=True, high_open=True)
+        self.square_queries = check_int("square_queries", square_queries)
+        self.check_samples = check_int("check_samples", check_samples)
         self.attacks = attacks
         self.eps_list = sorted(check_range("eps_list", e, 0.0, math.inf, high_open=True) for e in eps_list)
         if any(a in EPS_ATTACKS for a in attacks) and not self.eps_list:
@@ -353,20 +309,31 @@ class RobustnessReport:
             "pgd_restarts": self.pgd_restarts, "transfer_attack": self.transfer_attack,
             "perturbation_eps": self.perturbation_eps, "masking_tolerance": self.masking_tolerance,
             "seed": self.seed, "scale": self.scale,
+            "autoattack_preset": self.autoattack_preset,
             "autoattack_kwargs": {k: repr(v) for k, v in self.autoattack_kwargs.items()},
+            "latent_kwargs": {k: repr(v) for k, v in self.latent_kwargs.items()},
+            "masking_checks": self.masking_checks, "check_eps": self.masking_eps(),
+            "square_queries": self.square_queries, "check_samples": self.check_samples,
         }
+
+    def masking_eps(self) -> float | None:
+        """The budget of the masking checks: `check_eps`, else the positive budget of `eps_list` closest to 8/255."""
+        if self.check_eps is not None:
+            return self.check_eps
+        positive = [e for e in self.eps_list if e > 0]
+        return min(positive, key=lambda e: abs(e - 8 / 255)) if positive else None
 
     def make_source(self, name: str, classifier: Any, offset: int = 0) -> Any:
         """
         The perturbation source of a white-box attack on `classifier`, with the report's settings (the budget is
         set per call with ``eps=``).
 
-        :param name: ``"fgsm"``, ``"pgd"`` or ``"autoattack"``.
+        :param name: ``"fgsm"``, ``"pgd"``, ``"autoattack"`` or ``"latent"``.
         :param classifier: The attacked classifier.
         :param offset: Added to the seed of the random starts.
         :return: A :class:`~art_latent.perturbations.PerturbationSource`.
         """
-        from art.attacks.evasion import AutoAttack, FastGradientMethod, ProjectedGradientDescent
+        from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescent
 
         from art_latent.perturbations import ARTAttackSource, TorchGradientAttack
 
@@ -382,9 +349,18 @@ class RobustnessReport:
         elif name == "autoattack":
             if importlib.util.find_spec("multiprocess") is None:
                 raise ImportError(MULTIPROCESS_MESSAGE)
-            kwargs = {"eps_step": self.pgd_step_ratio * reference_eps, "batch_size": self.batch_size,
-                      **self.autoattack_kwargs}
-            return ARTAttackSource(AutoAttack(classifier, norm=np.inf, eps=reference_eps, **kwargs))
+            kwargs = {"batch_size": self.batch_size, "preset": self.autoattack_preset, **self.autoattack_kwargs}
+            return ARTAttackSource(AutoAttackEnsemble(classifier, eps=reference_eps, **kwargs))
+        elif name == "latent":
+            from art_latent.attacks import LatentPGD
+            from art_latent.estimator import LatentClassifier
+
+            if not isinstance(classifier, LatentClassifier):
+                classifier = LatentClassifier.from_classifier(classifier)
+            kwargs = {"eps_step": self.pgd_step_ratio * reference_eps, "max_iter": self.pgd_max_iter,
+                      "num_random_init": max(self.pgd_restarts, 1), "batch_size": self.batch_size,
+                      "verbose": False, **self.latent_kwargs}
+            return ARTAttackSource(LatentPGD(classifier, eps=reference_eps, **kwargs))
         else:
             raise ValueError(f"{name!r} is not a white-box attack of the suite.")
         source = TorchGradientAttack.from_art(attack, generator=torch.Generator().manual_seed(self.seed + offset))
@@ -476,6 +452,19 @@ class RobustnessReport:
                 result["extra"].update(_flatten_metric(key, value))
         result["flags"] = gradient_masking_flags(result["accuracy"], self.eps_list, self.masking_tolerance,
                                                  check_transfer=not is_reference, scale=self.scale)
+        check_eps = self.masking_eps()
+        if self.masking_checks and check_eps is not None:
+            at = {a: c[self.eps_list.index(check_eps)] for a, c in result["accuracy"].items()
+                  if check_eps in self.eps_list}
+            white = [v for a, v in at.items() if a in WHITE_BOX and v is not None]
+            checks = run_masking_checks(
+                classifier, x_t, y_t, check_eps, white_box_accuracy=min(white) if white else None,
+                pgd_accuracy=at.get("pgd"), pgd_max_iter=self.pgd_max_iter, tolerance=self.masking_tolerance,
+                square_queries=self.square_queries, samples=self.check_samples, batch_size=self.batch_size,
+                seed=self.seed + 100)
+            result["masking_checks"] = checks
+            result["flags"] += [f"{check} check failed: {c['detail']}"
+                                for check, c in checks.items() if not c["passed"]]
         for flag in result["flags"]:
             logger.warning("Possible gradient masking in %s: %s.", name, flag)
         result["timing"] = {"eval_seconds": time.perf_counter() - started}
@@ -600,6 +589,15 @@ class RobustnessReport:
                 lines.append(f"- **{name}**: " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in values.items()))
             lines.append("")
         lines.append("## Gradient-masking check\n")
+        checked = {n: r["masking_checks"] for n, r in models.items() if r.get("masking_checks")}
+        if checked:
+            names = list(next(iter(checked.values())))
+            lines.append(f"Checklist at eps={_budget_label(settings.get('check_eps'), scale)} (see the evaluation "
+                         "guide for each check's source); a cell is the measured value, then pass/FAIL:\n")
+            lines.append(_table("model", names, {
+                n: [f"{c[k]['value']:.3f} {'pass' if c[k]['passed'] else 'FAIL'}" if k in c else "-" for k in names]
+                for n, c in checked.items()}))
+            lines.append("")
         flagged = {n: r["flags"] for n, r in models.items() if r["flags"]}
         if not flagged:
             lines.append(f"No model flagged (tolerance {settings['masking_tolerance']:g}).")

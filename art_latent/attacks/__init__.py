@@ -1,7 +1,8 @@
 """
 Adaptive attacks against latent defenses, as ART ``EvasionAttack`` subclasses.
 
-:class:`LatentPGD` attacks the hidden features that a latent defense regularizes (after LAFEAT, Yu et al., CVPR 2021).
+:class:`~art_latent.attacks.latent.LatentPGD` attacks the hidden features that a latent defense regularizes (after
+LAFEAT, Yu et al., CVPR 2021).
 """
 
 from art_latent.attacks.latent import LatentPGD

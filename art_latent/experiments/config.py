@@ -293,7 +293,11 @@ class EvaluationSpec:
     pgd_restarts: int = 1
     transfer_attack: str = "pgd"
     autoattack_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: ``"standard"`` or ``"fast"`` (when ``attacks`` has ``"autoattack"``).
+    autoattack_preset: str = "standard"
     masking_tolerance: float = 0.01
+    #: Run the gradient-masking checklist per model and fold (PGD over the whole range, stronger PGD, Square).
+    masking_checks: bool = False
     batch_size: int = 256
     #: The undefended defense (its name in ``[[defenses]]``): baseline of the gains and transfer source.
     reference: str = "undefended"
@@ -315,6 +319,9 @@ class EvaluationSpec:
         _int(f"{where}.pgd_restarts", self.pgd_restarts)
         _str(f"{where}.transfer_attack", self.transfer_attack, ("pgd", "fgsm"))
         _table(f"{where}.autoattack_kwargs", self.autoattack_kwargs)
+        _str(f"{where}.autoattack_preset", self.autoattack_preset, ("standard", "fast"))
+        if not isinstance(self.masking_checks, bool):
+            _fail(f"{where}.masking_checks", f"must be true or false, got {self.masking_checks!r}")
         _number(f"{where}.masking_tolerance", self.masking_tolerance, 0.0, 1.0)
         _int(f"{where}.batch_size", self.batch_size, 1)
         _str(f"{where}.reference", self.reference)

@@ -305,6 +305,7 @@ def make_report(config: ExperimentConfig, seed: int, verbose: bool = False) -> A
         attacks=ev.attacks, eps_list=[e / 255 for e in ev.eps_255], sigma_list=[s / 255 for s in ev.sigmas_255],
         pgd_max_iter=ev.pgd_max_iter, pgd_step_ratio=ev.pgd_step_ratio, pgd_restarts=ev.pgd_restarts,
         transfer_attack=ev.transfer_attack, autoattack_kwargs=ev.autoattack_kwargs,
+        autoattack_preset=ev.autoattack_preset, masking_checks=ev.masking_checks,
         perturbation_eps=ev.perturbation_eps_255 / 255 if ev.perturbation_eps_255 > 0 else None,
         extra_metrics=extra, masking_tolerance=ev.masking_tolerance, batch_size=ev.batch_size, seed=seed,
         scale=255.0, verbose=verbose,
