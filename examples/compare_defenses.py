@@ -93,6 +93,7 @@ report = RobustnessReport(
     perturbation_eps=8 / 255,
     seed=args.seed,
     verbose=False,
+    **({"square_queries": 50, "check_samples": 24} if args.smoke else {}),
 )
 results = report.evaluate(classifiers, data.x_test[:n_eval], data.y_test[:n_eval], reference="undefended")
 paths = report.write(results, out.dir / out.name)  # report.json, report.md, accuracy_vs_eps.png, ...
