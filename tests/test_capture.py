@@ -253,6 +253,8 @@ def test_art_meaning_of_get_activations_index_and_repr():
     for i, name in enumerate(clf.layer_names):
         np.testing.assert_allclose(clf.get_activations(x, i), clf.get_activations(x, name), atol=0)
     text = repr(clf)
+    assert text.startswith("art_latent.estimator.LatentClassifier(art.estimators.classification.pytorch."
+                           "PyTorchClassifier(model=")
     for field in ("loss=", "optimizer=", "input_shape=", "nb_classes=", "channels_first=", "clip_values=",
                   "preprocessing=", "layers='auto'"):
         assert field in text, field

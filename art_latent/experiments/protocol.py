@@ -228,18 +228,16 @@ def pretrain(
     :param verbose: Progress bars.
     :return: ``(state_dict on the CPU, info)`` with info ``{"epochs", "best_epoch", "history", "seconds"}``.
     """
-    import torch
-
     from art_latent.trainers.base import LatentTrainer
 
     digest = config.digest("seed", "device", "data", "model", "optimizer", "pretrain")
     path = None if out is None else Path(out) / PRETRAINED
     if path is not None and path.exists():
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-        if saved.get("digest") == digest:
+        cached = _load_pretrained(path, digest)
+        if cached is not None:
             logger.info("Loaded the pre-trained weights from %s.", path)
-            return saved["state_dict"], saved["info"]
-        logger.info("%s was made with other settings: pre-training again.", path)
+            return cached
+        logger.info("%s was made with other settings, or could not be verified: pre-training again.", path)
     started = time.perf_counter()
     _seed_everything(config.seed)
     model = new_model(config, pool)
@@ -271,10 +269,50 @@ def pretrain(
             "seconds": time.perf_counter() - started}
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({"digest": digest, "state_dict": state, "info": info}, tmp)
-        tmp.replace(path)
+        from art_latent.trainers.checkpoint import plain, save_atomic
+
+        save_atomic(plain({"digest": digest, "state_dict": state, "info": info}), path)
+        write_json({"digest": digest, "sha256": _sha256(path)}, path.with_name(path.name + ".json"))
     return state, info
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _load_pretrained(path: Path, digest: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """
+    The cached pre-trained weights, if their sidecar ``pretrained.pt.json`` names this configuration's digest and
+    the file's SHA-256: both are checked before the file is read, and it is read with ``weights_only=True``, so a
+    crafted file in the output directory is never deserialized as code.
+    """
+    import json
+
+    sidecar = path.with_name(path.name + ".json")
+    try:
+        meta = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("digest") != digest or meta.get("sha256") != _sha256(path):
+        return None
+    import torch
+
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # any unpickling refusal: retrain rather than trust the file
+        logger.warning("Ignoring %s, which cannot be read safely (weights_only=True): %s", path, error)
+        return None
+    if not isinstance(saved, dict):
+        return None
+    if saved.get("digest") != digest or not isinstance(saved.get("state_dict"), dict):
+        return None
+    return saved["state_dict"], saved["info"]
 
 
 def _order_jobs(config: ExperimentConfig) -> list[tuple[str, Any]]:
@@ -500,6 +538,7 @@ def run_benchmark(
     if not resume:
         shutil.rmtree(out / FOLD_DIR, ignore_errors=True)
         (out / PRETRAINED).unlink(missing_ok=True)
+        (out / (PRETRAINED + ".json")).unlink(missing_ok=True)
     nb_folds = config.nb_folds_to_run
     pending = [k for k in range(nb_folds) if not _finished(out, k, digest)]
     write_json({"config": config.to_dict(), "digest": digest}, out / "config.json")
