@@ -158,6 +158,23 @@ def plot_accuracy_curves(
     return save_figure(fig, path)
 
 
+def small_cnn_classifier(data: Data, state: dict | None = None, sgd: bool = True) -> Any:
+    """
+    A SmallCNN ``LatentClassifier`` for `data` (optionally loading `state`): SGD momentum 0.9, lr 0.01 for
+    fine-tuning, or Nadam 1e-3 for pre-training (``sgd=False``).
+    """
+    from art_latent import LatentClassifier
+    from art_latent.models import SmallCNN
+
+    model = SmallCNN(in_channels=1, num_classes=data.nb_classes)
+    if state is not None:
+        model.load_state_dict(state)
+    optimizer = (torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9) if sgd
+                 else torch.optim.NAdam(model.parameters(), lr=1e-3))
+    return LatentClassifier(model, torch.nn.CrossEntropyLoss(), data.input_shape, data.nb_classes,
+                            optimizer=optimizer, clip_values=(0.0, 1.0))
+
+
 def start(doc: str | None, script: str) -> tuple[argparse.Namespace, Data, Output]:
     """Every example's preamble: parse the command line, seed everything, load the data, prepare the output."""
     args = parse_args(doc)

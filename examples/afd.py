@@ -22,8 +22,7 @@ a few dozen images in seconds.
 
 import copy
 
-import torch
-from _common import markdown_table, plot_accuracy_curves, start
+from _common import markdown_table, plot_accuracy_curves, small_cnn_classifier, start
 from art.attacks.evasion import ProjectedGradientDescent
 
 from art_latent import AFDTrainer, LatentClassifier, LatentTrainer
@@ -33,7 +32,6 @@ from art_latent.analysis import (
     representation_sensitivity,
     robust_accuracy_auc,
 )
-from art_latent.models import SmallCNN
 
 args, data, out = start(__doc__, __file__)
 PRETRAIN_EPOCHS, FINETUNE_EPOCHS = (1, 1) if args.smoke else (4, 3)
@@ -44,13 +42,7 @@ x_eval, y_eval = data.x_test[:n_eval], data.y_test[:n_eval]
 
 
 def make_classifier(state=None, sgd: bool = True) -> LatentClassifier:
-    model = SmallCNN(in_channels=1, num_classes=data.nb_classes)
-    if state is not None:
-        model.load_state_dict(state)
-    optimizer = (torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9) if sgd
-                 else torch.optim.NAdam(model.parameters(), lr=1e-3))
-    return LatentClassifier(model, torch.nn.CrossEntropyLoss(), data.input_shape, data.nb_classes,
-                            optimizer=optimizer, clip_values=(0.0, 1.0))
+    return small_cnn_classifier(data, state, sgd)
 
 
 def pgd(clf: LatentClassifier, eps: float, steps: int = 10, random_start: bool = False) -> ProjectedGradientDescent:

@@ -19,12 +19,10 @@ of it AutoAttack); ``--smoke`` runs it on a few dozen images with a small attack
 
 import copy
 
-import torch
-from _common import markdown_table, start
+from _common import markdown_table, small_cnn_classifier, start
 from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescent
 
 from art_latent import AFDTrainer, HLDRTrainer, LatentClassifier, LatentTrainer, RobustnessReport
-from art_latent.models import SmallCNN
 
 args, data, out = start(__doc__, __file__)
 PRETRAIN_EPOCHS, FINETUNE_EPOCHS = (1, 1) if args.smoke else (4, 3)
@@ -33,13 +31,7 @@ n_eval = min(500, len(data.x_test))
 
 
 def make_classifier(state=None, sgd: bool = True) -> LatentClassifier:
-    model = SmallCNN(in_channels=1, num_classes=data.nb_classes)
-    if state is not None:
-        model.load_state_dict(state)
-    optimizer = (torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9) if sgd
-                 else torch.optim.NAdam(model.parameters(), lr=1e-3))
-    return LatentClassifier(model, torch.nn.CrossEntropyLoss(), data.input_shape, data.nb_classes,
-                            optimizer=optimizer, clip_values=(0.0, 1.0))
+    return small_cnn_classifier(data, state, sgd)
 
 
 clf = make_classifier(sgd=False)
