@@ -14,7 +14,8 @@ Data and model: the bundled Fashion-MNIST subset (3000 training / 1000 test imag
 64-unit dense layer, BatchNorm, ELU); SGD with momentum 0.9, learning rate 0.01, batch 64.
 
 Run: ``python examples/evaluate_latent_defenses.py [--out DIR] [--seed N]`` (54 minutes on 2 CPU cores shared with
-other jobs, most of it AutoAttack's Square); ``--smoke`` runs it on a few dozen images with a small attack budget in seconds.
+other jobs, most of it AutoAttack's Square); ``--smoke`` runs it on a few dozen images with a small attack budget in
+seconds.
 """
 
 import copy
