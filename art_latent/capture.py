@@ -119,11 +119,6 @@ class ModelTrace:
     calls: list[CallRecord] = field(default_factory=list)
 
     @property
-    def refs(self) -> list[str]:
-        """Every call reference, in execution order."""
-        return [call.ref for call in self.calls]
-
-    @property
     def inplace_refs(self) -> set[str]:
         """The calls whose output is later modified in place (their capture must copy)."""
         return {call.ref for call in self.calls if call.inplace}
@@ -206,7 +201,7 @@ def _state_preserved(model: nn.Module, device: torch.device) -> Iterator[None]:
                 buffer.copy_(value)
 
 
-def trace_model(model: nn.Module, example: Any, forward: Callable[[Any], Any] | None = None) -> ModelTrace:
+def trace_model(model: nn.Module, example: Any) -> ModelTrace:
     """
     Run one forward pass of `model` on `example` and record every module call (:class:`CallRecord`).
 
@@ -215,7 +210,6 @@ def trace_model(model: nn.Module, example: Any, forward: Callable[[Any], Any] | 
 
     :param model: The network.
     :param example: An input batch the model accepts.
-    :param forward: How to run the model on `example` (default: ``model(example)``).
     :return: The trace.
     """
     trace = ModelTrace()
@@ -256,7 +250,7 @@ def trace_model(model: nn.Module, example: Any, forward: Callable[[Any], Any] | 
             handles.append(module.register_forward_hook(post_hook, with_kwargs=True))
         with _state_preserved(model, device), torch.no_grad(), \
                 _ResidualWatcher(stack, trace, _module_constants(model)):
-            (forward or model)(example)
+            model(example)
     finally:
         for handle in handles:
             handle.remove()
@@ -324,10 +318,6 @@ class CallHooks:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-
-    def reset(self) -> None:
-        """Start a new count (a forward pass that does not go through a root)."""
-        self._counts = {}
 
     def _start(self, _module: nn.Module, _inputs: Any) -> None:
         if self._depth == 0:

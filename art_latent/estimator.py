@@ -14,7 +14,7 @@ import torch
 from art.estimators.classification.pytorch import PyTorchClassifier
 
 from art_latent.capture import CallHooks, ModelTrace, first_tensor, split_ref, trace_model
-from art_latent.layers import LayerSpec, eval_trace, resolve_layers
+from art_latent.layers import LayerSpec, resolve_layers
 from art_latent.utils import preserve_mode
 
 #: What picks the logits out of a model output that is not a tensor: a key (dict, HF ``ModelOutput``) or an index.
@@ -313,9 +313,8 @@ class LatentClassifier(PyTorchClassifier):
         example = example[:_TRACE_SAMPLES].detach()
         try:
             with preserve_mode(self.model):
-                if mode != self.model.training:
-                    self.model.train(mode)
-                traced = eval_trace(self.model, example) if not mode else trace_model(self.model, example)
+                self.model.train(mode)
+                traced = trace_model(self.model, example)
         except Exception as error:
             source = "a zeros batch of input_shape" if x_preprocessed is None else "the first batch"
             raise RuntimeError(

@@ -802,7 +802,10 @@ class GaussianNoiseSource(PerturbationSource):
 
 
 def as_perturbation_source(
-    attack: PerturbationSource | EvasionAttack, fast: bool = True, argument: str = "attack"
+    attack: PerturbationSource | EvasionAttack,
+    fast: bool = True,
+    argument: str = "attack",
+    generator: torch.Generator | int | None = None,
 ) -> PerturbationSource:
     """
     Turn an attack into a :class:`.PerturbationSource`.
@@ -812,6 +815,7 @@ def as_perturbation_source(
                  :meth:`.TorchGradientAttack.from_art`); otherwise, or when `False`, wrap it in
                  :class:`.ARTAttackSource`.
     :param argument: The name of the argument `attack` came from, for error messages.
+    :param generator: Generator (or seed) of the fast path's random starts.
     :return: The perturbation source.
     """
     if isinstance(attack, PerturbationSource):
@@ -820,7 +824,7 @@ def as_perturbation_source(
 
     if isinstance(attack, EvasionAttack):
         if fast:
-            source = TorchGradientAttack.from_art(attack)
+            source = TorchGradientAttack.from_art(attack, generator=generator)
             if source is not None:
                 return source
         return ARTAttackSource(attack)

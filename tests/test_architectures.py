@@ -86,6 +86,23 @@ def test_activations_equal_a_hand_written_forward(arch, training):
     assert _hooks(clf.model) == 0
 
 
+def test_a_plain_forward_hook_is_wrong_on_the_torchvision_block():
+    # Why the capture copies: a stored reference to bn2's output ends up holding the block output (after `+=` and
+    # the in-place ReLU).
+    build, shape = BUILDERS["resnet_tv_basic"]
+    torch.manual_seed(0)
+    model = build().eval()
+    x = torch.from_numpy(_data(shape, 6)[0])
+    reference, _ = reference_forward(model, x)
+    stored = {}
+    handle = model.layer1[0].bn2.register_forward_hook(lambda _m, _i, out: stored.setdefault("bn2", out))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    assert (stored["bn2"] - reference["layer1.0.bn2"]).abs().max() > 0.5
+    torch.testing.assert_close(stored["bn2"], reference["layer1.0"])
+
+
 @pytest.mark.parametrize("arch", sorted(EXPECTED_AUTO))
 def test_auto_picks_block_outputs(arch):
     clf = _classifier(arch)

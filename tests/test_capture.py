@@ -92,8 +92,6 @@ def test_inplace_capture_has_the_gradient_of_the_true_tensor():
     expected_bn2 = _manual(clf.model, x)["block.bn2"]
     (expected,) = torch.autograd.grad(expected_bn2.square().sum(), clf.model.block.conv2.weight)
     torch.testing.assert_close(grad, expected)
-    # and the residual input gets no gradient from a pre-residual latent
-    assert acts["block.bn2"].grad_fn is not None
 
 
 def test_trace_finds_exactly_the_tensors_modified_in_place():

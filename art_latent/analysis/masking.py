@@ -106,12 +106,11 @@ def gradient_masking_flags(
 def _pgd(classifier: Any, eps: float, max_iter: int, restarts: int, seed: int, batch_size: int) -> Any:
     from art.attacks.evasion import ProjectedGradientDescent
 
-    from art_latent.perturbations import ARTAttackSource, TorchGradientAttack
+    from art_latent.perturbations import as_perturbation_source
 
     attack = ProjectedGradientDescent(classifier, eps=eps, eps_step=2.5 * eps / max_iter, max_iter=max_iter,
                                       num_random_init=restarts, batch_size=batch_size, verbose=False)
-    source = TorchGradientAttack.from_art(attack, generator=torch.Generator().manual_seed(seed))
-    return source if source is not None else ARTAttackSource(attack)
+    return as_perturbation_source(attack, generator=torch.Generator().manual_seed(seed))
 
 
 def masking_checks(

@@ -335,7 +335,7 @@ class RobustnessReport:
         """
         from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescent
 
-        from art_latent.perturbations import ARTAttackSource, TorchGradientAttack
+        from art_latent.perturbations import ARTAttackSource, as_perturbation_source
 
         reference_eps = max(self.eps_list[-1], 1e-3)  # overridden per budget; sets the step/eps ratio
         if name == "fgsm":
@@ -363,8 +363,7 @@ class RobustnessReport:
             return ARTAttackSource(LatentPGD(classifier, eps=reference_eps, **kwargs))
         else:
             raise ValueError(f"{name!r} is not a white-box attack of the suite.")
-        source = TorchGradientAttack.from_art(attack, generator=torch.Generator().manual_seed(self.seed + offset))
-        return source if source is not None else ARTAttackSource(attack)
+        return as_perturbation_source(attack, generator=torch.Generator().manual_seed(self.seed + offset))
 
     def transfer_examples(self, source_classifier: Any, x: Any, y: Any) -> dict[float, torch.Tensor]:
         """

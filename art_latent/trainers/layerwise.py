@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from art_latent.capture import CallHooks, split_ref
+from art_latent.capture import CallHooks, ModelTrace, split_ref
 from art_latent.estimator import LatentClassifier
 from art_latent.layers import LayerSpec, trace_execution_order
 from art_latent.trainers.base import Batch, LatentTrainer
@@ -26,7 +26,8 @@ VARIANTS = ("orig", "joint", "fgs-inter")
 _TINY = 1e-12
 
 
-def perturbation_sites(model: nn.Module, example: torch.Tensor) -> list[str]:
+def perturbation_sites(model: nn.Module, example: torch.Tensor | None = None,
+                       trace: ModelTrace | None = None) -> list[str]:
     """
     The default perturbation sites of paper 002 ("gradient accumulation layers"): the output of the BatchNorm of each
     convolutional block, or the convolution's output where no BatchNorm directly follows it. A network without
@@ -34,11 +35,17 @@ def perturbation_sites(model: nn.Module, example: torch.Tensor) -> list[str]:
 
     :param model: The network.
     :param example: An input batch it accepts (one traced forward pass, in eval mode, modes restored).
+    :param trace: An eval-mode trace of the model to use instead of tracing `example`.
     :return: Qualified module names in execution order.
     :raises ValueError: If the model has no convolution and no hidden linear layer.
     """
     named = dict(model.named_modules())
-    order = trace_execution_order(model, example)
+    if trace is None:
+        if example is None:
+            raise ValueError("perturbation_sites needs an example input (or a trace) to trace the model.")
+        order = trace_execution_order(model, example)
+    else:
+        order = [call.ref for call in trace.calls if call.leaf]
     modules = {ref: named[split_ref(ref)[0]] for ref in order}
 
     def sites_after(kinds: tuple[type, ...], skip_last: bool) -> list[str]:
@@ -117,7 +124,7 @@ class LayerwisePerturbationTrainer(LatentTrainer):
         self.alpha = check_range("alpha", alpha, 0.0, 1.0, high_open=True)
         if isinstance(layers, str) and layers == "auto":
             clf = self._classifier
-            self.sites = perturbation_sites(clf.model, clf._preprocess_example(clf._example_input()))
+            self.sites = perturbation_sites(clf.model, trace=clf.trace(training=False))
         else:
             self.sites = self._classifier.require_latent_layers(layers)
         self._state: str | None = None  # None: hooks are inert (validation, attacks, prediction)
