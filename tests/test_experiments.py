@@ -188,7 +188,7 @@ def test_trainers_resolve_by_name_path_and_submodule():
         resolve_trainer("NoSuchTrainer")
     with pytest.raises(ValueError, match="Cannot import"):
         resolve_trainer("no_such_module:Trainer")
-    with pytest.raises(ValueError, match="not a trainer class"):
+    with pytest.raises(ValueError, match="not a subclass of art.defences.trainer.trainer.Trainer"):
         resolve_trainer("art_latent.perturbations:GaussianNoiseSource")
 
 

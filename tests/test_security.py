@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
 from art_latent.experiments import protocol
@@ -61,3 +62,50 @@ def test_verified_cached_weights_round_trip(tmp_path):
     loaded = protocol._load_pretrained(path, "d")
     assert loaded is not None and torch.equal(loaded[0]["w"], state["w"]) and loaded[1] == {"epochs": 1}
     assert protocol._load_pretrained(path, "other settings") is None
+
+
+# ---------------------------------------------------------------------------------------------------- configurations
+
+def _config(**sections):
+    data = {"defenses": [{"name": "undefended", "trainer": "LatentTrainer"}]}
+    data.update(sections)
+    return data
+
+
+@pytest.mark.parametrize("sections, where", [
+    ({"model": {"name": "os:system", "kwargs": {"command": "touch pwned"}}}, r"\[model\].name"),
+    ({"model": {"name": "subprocess:Popen"}}, r"\[model\].name"),  # a class, but not a torch module
+    ({"model": {"name": "art_latent.models:_private"}}, r"\[model\].name"),
+    ({"defenses": [{"name": "x", "trainer": "os:system"}]}, "defenses"),
+    ({"defenses": [{"name": "x", "trainer": "LatentTrainer",
+                    "kwargs": {"validation_attack": {"object": "os:system"}}}]}, "defenses"),
+    ({"defenses": [{"name": "x", "trainer": "LatentTrainer",
+                    "kwargs": {"validation_attack": {"object": "subprocess:Popen"}}}]}, "defenses"),
+    ({"attack": {"name": "os:system"}}, r"\[attack\].name"),
+    ({"evaluation": {"extra_metrics": [{"name": "m", "function": "os:system"}]}}, "function"),
+    ({"evaluation": {"extra_metrics": [{"name": "m", "function": "builtins:exec"}]}}, "function"),
+])
+def test_a_config_cannot_name_an_arbitrary_callable(tmp_path, monkeypatch, sections, where):
+    from art_latent.experiments.config import config_from_dict
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=where):
+        config_from_dict(_config(**sections))
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_registered_functions_and_module_subclasses_are_allowed():
+    from art_latent.experiments.registry import register, resolve_function, resolve_object
+
+    def my_metric(classifier, x, y):
+        return 0.0
+
+    register(my_metric, name="test_security_metric")
+    assert resolve_function("test_security_metric") is my_metric
+    assert resolve_function(f"{__name__}:test_registered_functions_and_module_subclasses_are_allowed.<locals>"
+                            ".my_metric") is my_metric
+    assert resolve_object("torch.nn:Linear", torch.nn.Module) is torch.nn.Linear
+    with pytest.raises(ValueError, match="not registered"):
+        resolve_function(f"{__name__}:_config")
+    with pytest.raises(ValueError, match="not a subclass"):
+        resolve_object("torch.nn:Linear", torch.optim.Optimizer)

@@ -146,6 +146,15 @@ class ModelSpec:
     def _validate(self, where: str) -> None:
         _str(f"{where}.name", self.name)
         _table(f"{where}.kwargs", self.kwargs)
+        if ":" in self.name:
+            import torch
+
+            from art_latent.experiments.registry import resolve_object
+
+            try:
+                resolve_object(self.name, torch.nn.Module)
+            except (ValueError, ImportError, AttributeError) as error:
+                _fail(f"{where}.name", str(error))
         if not isinstance(self.layers, str) and not (isinstance(self.layers, list)
                                                      and all(isinstance(v, str) for v in self.layers)):
             _fail(f"{where}.layers", f"must be a string or a list of strings, got {self.layers!r}")
@@ -268,10 +277,10 @@ class ExtraMetricSpec:
         _str(f"{where}.name", self.name)
         _str(f"{where}.function", self.function)
         _table(f"{where}.kwargs", self.kwargs)
-        from art_latent.experiments.registry import resolve_object
+        from art_latent.experiments.registry import resolve_function
 
         try:
-            fn = resolve_object(self.function)
+            fn = resolve_function(self.function)
         except (ValueError, ImportError, AttributeError) as error:
             _fail(f"{where}.function", str(error))
         if not callable(fn):

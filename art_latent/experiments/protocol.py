@@ -32,6 +32,7 @@ from art_latent.analysis.report import write_json
 from art_latent.experiments.config import ExperimentConfig
 from art_latent.experiments.registry import (
     build_attack,
+    resolve_function,
     resolve_kwargs,
     resolve_object,
     resolve_trainer,
@@ -185,7 +186,9 @@ def new_model(config: ExperimentConfig, pool: Pool) -> Any:
 
     spec = config.model
     if ":" in spec.name:
-        return resolve_object(spec.name)(**spec.kwargs)
+        import torch
+
+        return resolve_object(spec.name, torch.nn.Module)(**spec.kwargs)
     kwargs = {"in_channels": pool.input_shape[0], "num_classes": pool.nb_classes, "input_size": pool.input_shape[1],
               **spec.kwargs}
     return build_model(spec.name, **kwargs)
@@ -337,7 +340,7 @@ def make_report(config: ExperimentConfig, seed: int, verbose: bool = False) -> A
     ev = config.evaluation
     extra = {}
     for metric in ev.extra_metrics:
-        fn, kwargs = resolve_object(metric.function), dict(metric.kwargs)
+        fn, kwargs = resolve_function(metric.function), dict(metric.kwargs)
         extra[metric.name] = (lambda f, kw: lambda clf, x, y: f(clf, x, y, **kw))(fn, kwargs)
     return RobustnessReport(
         attacks=ev.attacks, eps_list=[e / 255 for e in ev.eps_255], sigma_list=[s / 255 for s in ev.sigmas_255],

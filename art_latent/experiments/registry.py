@@ -4,6 +4,11 @@ Resolve trainers, attacks and functions named in a configuration, and build a tr
 Trainers are looked up by class name, so trainers added to the package later are found without changes here:
 ``art_latent.trainers`` first, then ``art_latent.defences``, then their submodules (for classes not yet exported),
 or a full ``"package.module:Class"`` path.
+
+A configuration is code-like input: a ``"package.module:Class"`` path imports that module. What a path may name is
+restricted so that a configuration cannot call an arbitrary function (``"os:system"``): only classes derived from
+the base the setting expects (``torch.nn.Module`` for models, a trainer for trainers, ART's ``EvasionAttack`` for
+attacks, ...), and functions only when they are registered with :func:`register` or defined in ``art_latent``.
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TRAINER_PACKAGES", "build_attack", "check_kwarg_values", "check_trainer_kwargs", "resolve_attack",
-           "resolve_class", "resolve_kwargs", "resolve_object", "resolve_trainer", "trainer_parameters"]
+__all__ = ["TRAINER_PACKAGES", "build_attack", "check_kwarg_values", "check_trainer_kwargs", "object_bases",
+           "register", "registered", "resolve_attack", "resolve_class", "resolve_function", "resolve_kwargs",
+           "resolve_object", "resolve_trainer", "trainer_parameters"]
 
 TRAINER_PACKAGES = ("art_latent.trainers", "art_latent.defences")
 #: Fill-ins for objects built from ``{object = ...}`` specifications, when their constructor takes them.
@@ -27,30 +33,114 @@ CONTEXT_KEYS = ("in_channels", "clip_values", "device_type")
 _PER_255 = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*/\s*255\s*$")
 
 
-def resolve_object(path: str) -> Any:
-    """
-    Import ``"package.module:attribute"`` (nested attributes with dots).
+_REGISTERED: dict[str, Any] = {}
 
-    :param path: The path.
-    :return: The object.
-    :raises ValueError: If `path` has no ``:``.
-    :raises ImportError: If the module cannot be imported.
-    :raises AttributeError: If the attribute does not exist.
+
+def register(obj: Any = None, *, name: str | None = None) -> Any:
     """
+    Allow a function (or class) to be named in configurations, under ``"package.module:name"`` and, when given,
+    under `name`. Usable as a decorator: ``@register`` or ``@register(name="my_metric")``.
+
+    :param obj: The function or class.
+    :param name: An extra short name.
+    :return: `obj` (or the decorator).
+    """
+    def add(target: Any) -> Any:
+        _REGISTERED[f"{target.__module__}:{target.__qualname__}"] = target
+        if name is not None:
+            _REGISTERED[name] = target
+        return target
+
+    return add if obj is None else add(obj)
+
+
+def registered() -> dict[str, Any]:
+    """The objects registered with :func:`register`, by name (a copy)."""
+    return dict(_REGISTERED)
+
+
+def _import_path(path: str) -> Any:
     if ":" not in path:
         raise ValueError(f"{path!r} is not of the form 'package.module:attribute'.")
     module_name, _, attribute = path.partition(":")
     obj: Any = importlib.import_module(module_name)
     for part in attribute.split("."):
+        if part.startswith("_"):
+            raise ValueError(f"{path!r} names a private attribute ({part!r}); configurations may not.")
         obj = getattr(obj, part)
     return obj
+
+
+def resolve_object(path: str, base: type | tuple[type, ...]) -> type:
+    """
+    Import the class at ``"package.module:Class"`` (nested attributes with dots) when it derives from `base`, or
+    return the object registered under `path` (see :func:`register`).
+
+    :param path: The path.
+    :param base: The base class(es) the class must derive from: nothing else is returned, so a configuration cannot
+                 reach a function such as ``os:system``.
+    :return: The class.
+    :raises ValueError: If `path` has no ``:``, names a private attribute, or is not such a class.
+    :raises ImportError: If the module cannot be imported.
+    :raises AttributeError: If the attribute does not exist.
+    """
+    if path in _REGISTERED:
+        return _REGISTERED[path]
+    obj = _import_path(path)
+    bases = base if isinstance(base, tuple) else (base,)
+    if not (isinstance(obj, type) and issubclass(obj, bases)):
+        names = " or ".join(f"{b.__module__}.{b.__qualname__}" for b in bases)
+        raise ValueError(f"{path!r} is not a subclass of {names}: a configuration may only name such classes "
+                         "(or objects registered with art_latent.experiments.registry.register).")
+    return obj
+
+
+def resolve_function(path: str) -> Any:
+    """
+    The function at ``"package.module:function"`` when it is registered with :func:`register` or defined in
+    ``art_latent``; any other callable is refused (a configuration must not call ``os:system``).
+
+    :param path: The path.
+    :return: The function.
+    :raises ValueError: If it is neither.
+    """
+    if path in _REGISTERED:
+        return _REGISTERED[path]
+    module_name = path.partition(":")[0]
+    if module_name != "art_latent" and not module_name.startswith("art_latent."):
+        raise ValueError(f"{path!r} is not registered: functions named in a configuration must be registered with "
+                         "art_latent.experiments.registry.register (or defined in art_latent).")
+    obj = _import_path(path)
+    if not callable(obj):
+        raise ValueError(f"{path!r} is not callable.")
+    return obj
+
+
+def object_bases() -> tuple[type, ...]:
+    """
+    The base classes a ``{object = "package.module:Class"}`` table may instantiate: torch modules, art_latent
+    perturbation sources, ART attacks and estimators, and trainers.
+    """
+    import torch
+    from art.attacks.attack import Attack
+    from art.defences.trainer.trainer import Trainer
+
+    from art_latent.perturbations import PerturbationSource
+
+    return (torch.nn.Module, PerturbationSource, Attack, Trainer)
 
 
 def _is_trainer(obj: Any) -> bool:
     return isinstance(obj, type) and callable(getattr(obj, "fit", None))
 
 
-def resolve_class(name: str, what: str = "class", accept: Any = None) -> type:
+def _trainer_bases() -> tuple[type, ...]:
+    from art.defences.trainer.trainer import Trainer
+
+    return (Trainer,)
+
+
+def resolve_class(name: str, what: str = "class", accept: Any = None, bases: tuple[type, ...] | None = None) -> type:
     """
     Find a class by name: ``getattr`` on ``art_latent.trainers``, then ``art_latent.defences``, then each of their
     submodules (classes not exported yet); or import ``"package.module:Class"``.
@@ -58,6 +148,7 @@ def resolve_class(name: str, what: str = "class", accept: Any = None) -> type:
     :param name: The class name or path.
     :param what: What is looked for, for messages.
     :param accept: Predicate the class must satisfy (default: any class).
+    :param bases: What a ``"package.module:Class"`` path must derive from (default: :func:`object_bases`).
     :return: The class.
     :raises ValueError: If no such class exists.
     """
@@ -65,7 +156,7 @@ def resolve_class(name: str, what: str = "class", accept: Any = None) -> type:
     obj: Any  # whatever `accept` approves is returned
     if ":" in name:
         try:
-            obj = resolve_object(name)
+            obj = resolve_object(name, bases if bases is not None else object_bases())
         except (ImportError, AttributeError) as error:
             raise ValueError(f"Cannot import {what} {name!r}: {error}") from error
         if not accept(obj):
@@ -102,10 +193,10 @@ def resolve_trainer(name: str) -> type:
 
     :param name: A class name (``"HLDRTrainer"``), looked up with ``getattr`` on ``art_latent.trainers``, then
                  ``art_latent.defences``, then each of their submodules; or ``"package.module:Class"``.
-    :return: The class (anything with a ``fit`` method, e.g. an ART ``Trainer``).
+    :return: The class (anything with a ``fit`` method; given as a path, an ART ``Trainer`` subclass).
     :raises ValueError: If no such trainer exists.
     """
-    return resolve_class(name, "trainer class (a class with a `fit` method)", _is_trainer)
+    return resolve_class(name, "trainer class (a class with a `fit` method)", _is_trainer, _trainer_bases())
 
 
 def _is_object_spec(value: Any) -> bool:
@@ -178,9 +269,10 @@ def resolve_attack(name: str) -> type:
     """
     from art.attacks.attack import EvasionAttack
 
+    obj: Any
     if ":" in name:
         try:
-            obj = resolve_object(name)
+            obj = resolve_object(name, EvasionAttack)
         except (ImportError, AttributeError) as error:
             raise ValueError(f"Cannot import attack {name!r}: {error}") from error
     else:
