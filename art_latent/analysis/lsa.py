@@ -28,12 +28,16 @@ from art_latent.perturbations import (
 )
 from art_latent.regularizers.relative_error import relative_error
 from art_latent.utils import preserve_mode
-from art_latent.validation import check_data, check_int, check_range
+from art_latent.validation import check_choice, check_data, check_int, check_range
 
 logger = logging.getLogger(__name__)
 
 NOISE_KINDS = ("gaussian", "salt", "pepper", "s&p", "speckle")
 DEFAULT_ETA = 0.5
+#: How :meth:`LayerSustainabilityAnalysis.run` reduces the relative error: per sample, or one ratio per batch.
+LSA_REDUCTIONS = ("sample", "batch")
+#: The module types the authors' LSA code hooks (``selected_probs``: ReLU, ELU, LeakyReLU).
+AUTHORS_ACTIVATION_TYPES: tuple[type[torch.nn.Module], ...] = (torch.nn.ReLU, torch.nn.ELU, torch.nn.LeakyReLU)
 
 
 class NoiseSource(PerturbationSource):
@@ -145,6 +149,27 @@ def learnable_layers(classifier: LatentClassifier, include_logits: bool = False)
     return names
 
 
+def activation_layers(classifier: LatentClassifier) -> list[str]:
+    """
+    The layers the authors' LSA code measures: the output of every ``ReLU``, ``ELU`` and ``LeakyReLU`` module call, in
+    execution order (their code registers a forward hook on each such module and collects the outputs in call order;
+    a module called twice gives two entries, ``"act"`` and ``"act#1"``).
+
+    On a network where each conv/linear layer is followed by one of these activations (paper 004's model A and B)
+    this equals :func:`learnable_layers`; it differs where a learnable layer has no such activation after it (a bare
+    conv, a GELU/Tanh network) or an activation follows something else (a residual sum).
+
+    :param classifier: The classifier.
+    :return: Call references in execution order.
+    :raises ValueError: If the model calls no ReLU/ELU/LeakyReLU module.
+    """
+    trace = classifier.trace(training=False)
+    refs = [call.ref for call in trace.calls if call.leaf and isinstance(call.module, AUTHORS_ACTIVATION_TYPES)]
+    if not refs:
+        raise ValueError("layers='activations': the model calls no ReLU, ELU or LeakyReLU module.")
+    return refs
+
+
 @dataclass
 class LSAResult:
     """
@@ -158,8 +183,11 @@ class LSAResult:
     * :meth:`most_vulnerable`: Algorithm 1, the layers whose mean exceeds :math:`\\mu + \\eta\\sigma`, sorted by
       decreasing mean relative error.
 
+    With ``reduction="batch"`` in :meth:`LayerSustainabilityAnalysis.run` a row is one batch (one Frobenius ratio
+    over the whole batch) instead of one sample; the statistics are then over batches.
+
     :param layers: The layer names, one per column.
-    :param errors: Perturbation name -> ``(M, L)`` array of relative errors (M >= 1 samples).
+    :param errors: Perturbation name -> ``(M, L)`` array of relative errors (M >= 1 samples, or batches).
     """
 
     layers: list[str]
@@ -380,7 +408,8 @@ class LayerSustainabilityAnalysis:
         """
         :param classifier: The trained classifier (a plain ART ``PyTorchClassifier`` is wrapped, sharing its model).
         :param layers: ``"learnable"`` (default: every conv/linear layer at its activation output, see
-                       :func:`learnable_layers`) or names / patterns / types as in
+                       :func:`learnable_layers`), ``"activations"`` (every ReLU/ELU/LeakyReLU module output, the
+                       authors' code, see :func:`activation_layers`) or names / patterns / types as in
                        :class:`~art_latent.LatentClassifier`.
         :param include_logits: With ``"learnable"``, also measure the logits layer.
         """
@@ -394,6 +423,10 @@ class LayerSustainabilityAnalysis:
         self.classifier: LatentClassifier = classifier
         if isinstance(layers, str) and layers == "learnable":
             self.layers = learnable_layers(classifier, include_logits=bool(include_logits))
+        elif isinstance(layers, str) and layers == "activations":
+            if include_logits:
+                raise ValueError("`include_logits` applies to layers='learnable' only; list the logits layer instead.")
+            self.layers = activation_layers(classifier)
         else:
             if include_logits:
                 raise ValueError("`include_logits` applies to layers='learnable' only; list the logits layer instead.")
@@ -408,9 +441,10 @@ class LayerSustainabilityAnalysis:
         y: np.ndarray | torch.Tensor | None = None,
         batch_size: int = 256,
         verbose: bool = False,
+        reduction: str = "sample",
     ) -> LSAResult:
         """
-        Measure the per-sample, per-layer relative errors.
+        Measure the per-sample (or per-batch), per-layer relative errors.
 
         :param x: Clean inputs ``(M, *input_shape)`` within the classifier's ``clip_values``.
         :param x_perturbed: Ready-made perturbed versions of `x` (named ``"x_perturbed"``).
@@ -422,11 +456,16 @@ class LayerSustainabilityAnalysis:
                   attacks do without labels).
         :param batch_size: Samples per forward pass (each pass holds the batch and all its perturbed versions).
         :param verbose: Show a progress bar.
+        :param reduction: ``"sample"`` (default: one relative error per sample, eq. 11-12) or ``"batch"`` (one
+                          Frobenius ratio per batch of `batch_size` samples, the norms running over the batch too:
+                          what the authors' code computes; the result then has one row per batch).
         :return: The :class:`LSAResult`; perturbations in the order x_perturbed, attacks, noises.
         :raises ValueError: Without any perturbation, or on invalid inputs.
         """
         clf = self.classifier
         batch_size = check_int("batch_size", batch_size)
+        reduction = check_choice("reduction", reduction, LSA_REDUCTIONS)
+        per_row = "none" if reduction == "sample" else "batch"
         labels = np.zeros(len(x), dtype=np.int64) if y is None else y
         x_np, y_np = check_data(x, labels, clf.input_shape, clf.nb_classes, clf.clip_values)
         sources = _named_sources("attack", attack, clf) + _named_sources("noise", noise, clf)
@@ -464,9 +503,8 @@ class LayerSustainabilityAnalysis:
                 n = len(xb)
                 for index in range(len(names)):
                     rows = slice(n * (index + 1), n * (index + 2))
-                    per_name[index].append(
-                        torch.stack([relative_error(a[:n], a[rows], reduction="none") for a in acts.values()], dim=1)
-                    )
+                    values = [relative_error(a[:n], a[rows], reduction=per_row) for a in acts.values()]
+                    per_name[index].append(torch.stack(values, dim=-1).reshape(-1, len(values)))
         errors = {name: torch.cat(chunks).double().cpu().numpy() for name, chunks in zip(names, per_name, strict=True)}
         return LSAResult(layers=list(self.layers), errors=errors)
 

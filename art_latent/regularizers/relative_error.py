@@ -13,6 +13,8 @@ import torch
 logger = logging.getLogger(__name__)
 
 REDUCTIONS = ("none", "mean", "batch")
+#: Reductions of :func:`layerwise_relative_error` (and AT-LR): per-sample mean or one ratio per batch.
+LAYERWISE_REDUCTIONS = ("sample", "mean", "batch")
 _TINY = 1e-12
 
 
@@ -65,21 +67,31 @@ def layerwise_relative_error(
     clean: Sequence[torch.Tensor],
     perturbed: Sequence[torch.Tensor],
     gamma: float | Sequence[float] = 1.0,
+    reduction: str = "sample",
 ) -> torch.Tensor:
     r"""
-    AT-LR's layer-wise regularizer (paper 004, eq. 15), averaged over the batch:
+    AT-LR's layer-wise regularizer (paper 004, eq. 15), by default averaged over the batch:
 
     .. math::
 
        LR(\theta, x, \hat x) = \sum_{l \in \mathcal{M}} \gamma_l\,
          \frac{1}{n}\sum_i CM(\phi_l(x_i), \phi_l(\hat x_i)).
 
+    With ``reduction="batch"`` each layer's term is instead one ratio over the whole batch,
+    :math:`\|\phi_l(X) - \phi_l(\hat X)\|_F / \|\phi_l(X)\|_F` (the norms run over the batch too), which is what
+    the authors' LSA code computes (``np.linalg.norm`` of the batch's activation tensors). The two differ when the
+    samples' activation norms differ: the batch ratio weights each sample by its clean norm.
+
     :param clean: Activations of the clean inputs, one tensor per layer, each ``(n, ...)``.
     :param perturbed: Activations of the perturbed inputs, same shapes.
     :param gamma: One weight for every layer, or one weight per layer (non-negative).
+    :param reduction: ``"sample"`` (default: the mean of the per-sample relative errors; ``"mean"`` is accepted as
+                      an alias) or ``"batch"`` (one Frobenius ratio for the whole batch, the authors' code).
     :return: A scalar tensor.
-    :raises ValueError: On mismatched lists, shapes or weights.
+    :raises ValueError: On mismatched lists, shapes or weights, or an unknown `reduction`.
     """
+    if reduction not in LAYERWISE_REDUCTIONS:
+        raise ValueError(f"`reduction` must be one of {LAYERWISE_REDUCTIONS}, got {reduction!r}.")
     if len(clean) != len(perturbed) or not clean:
         raise ValueError(f"Need the same non-zero number of clean and perturbed layers, got {len(clean)} and "
                          f"{len(perturbed)}.")
@@ -89,5 +101,7 @@ def layerwise_relative_error(
         raise ValueError(f"`gamma` has {len(weights)} weights for {len(clean)} layers.")
     if any(not w >= 0 for w in weights):
         raise ValueError(f"`gamma` weights must be non-negative, got {weights}.")
-    terms = [w * relative_error(a, b) for w, a, b in zip(weights, clean, perturbed, strict=True)]
+    per_layer = "batch" if reduction == "batch" else "mean"
+    terms = [w * relative_error(a, b, reduction=per_layer)
+             for w, a, b in zip(weights, clean, perturbed, strict=True)]
     return torch.stack(terms).sum()

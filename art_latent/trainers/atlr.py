@@ -25,6 +25,8 @@ from art_latent.validation import check_choice, check_int, check_range
 logger = logging.getLogger(__name__)
 
 BASES = ("ce", "trades")
+#: How AT-LR reduces each layer's relative error over a batch (see :func:`layerwise_relative_error`).
+LR_REDUCTIONS = ("sample", "batch")
 
 
 def make_fast_attack(classifier: Any, eps: float, alpha: float = 1.25, batch_size: int = 128) -> Any:
@@ -58,7 +60,8 @@ class ATLRTrainer(LatentTrainer):
 
     with :math:`\hat x` from the base attack (any ART attack: FGSM, PGD, ``AutoProjectedGradientDescent``, FAST =
     :func:`make_fast_attack`), :math:`J` the cross-entropy on :math:`\hat x` (``base="ce"``) or the TRADES loss
-    :math:`CE(f(x), y) + \beta\,KL(f(x) \| f(\hat x))` (``base="trades"``), :math:`CM` averaged over the batch, and
+    :math:`CE(f(x), y) + \beta\,KL(f(x) \| f(\hat x))` (``base="trades"``), :math:`CM` averaged over the batch
+    (``reduction="batch"``: one Frobenius ratio for the whole batch, as the authors' LSA code), and
     :math:`\mathcal{M}` the most-vulnerable-layer list of the Layer Sustainability Analysis
     (:class:`~art_latent.analysis.lsa.LayerSustainabilityAnalysis`) or layers given by name.
 
@@ -90,6 +93,7 @@ class ATLRTrainer(LatentTrainer):
         lsa_attack: Any = None,
         fast_attack: bool = True,
         validation_attack: Any = "attack",
+        reduction: str = "sample",
         **trainer_kwargs: Any,
     ) -> None:
         """
@@ -110,11 +114,16 @@ class ATLRTrainer(LatentTrainer):
         :param fast_attack: Use the on-device torch path for ART's FGSM/BIM/PGD.
         :param validation_attack: ``"attack"`` (default: `attack`), ``None``, or an ART attack / perturbation source
                                   for the robust validation accuracy.
+        :param reduction: How :math:`CM` is reduced over a batch, in the loss and in the analysis of
+                          ``layers="lsa"``: ``"sample"`` (default: the mean of the per-sample relative errors, the
+                          expectation of eq. 14) or ``"batch"`` (one Frobenius ratio over the whole batch, what the
+                          authors' LSA code computes).
         :param trainer_kwargs: ``seed``, ``log_every``, ``amp``: see :class:`~art_latent.trainers.LatentTrainer`.
         """
         super().__init__(classifier, validation_attack=validation_attack, **trainer_kwargs)
         self.set_attack(attack, fast=fast_attack)
         self.base = check_choice("base", base, BASES)
+        self.reduction = check_choice("reduction", reduction, LR_REDUCTIONS)
         self.beta = check_range("beta", beta, 0.0, float("inf"), low_open=True, high_open=True)
         self.eta = check_range("eta", eta, -float("inf"), float("inf"), low_open=True, high_open=True)
         self.lsa_samples = check_int("lsa_samples", lsa_samples)
@@ -156,7 +165,8 @@ class ATLRTrainer(LatentTrainer):
         x_t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x, dtype=np.float32))
         y_t = y if isinstance(y, torch.Tensor) else torch.from_numpy(np.asarray(y))
         analysis = LayerSustainabilityAnalysis(self._classifier)
-        result = analysis.run(x_t.detach().cpu(), attack={"attack": self.lsa_attack}, y=y_t.detach().cpu())
+        result = analysis.run(x_t.detach().cpu(), attack={"attack": self.lsa_attack}, y=y_t.detach().cpu(),
+                              reduction=self.reduction)
         selected = result.most_vulnerable(self.eta)
         if not selected:
             means = result.layer_mean()
@@ -227,7 +237,7 @@ class ATLRTrainer(LatentTrainer):
         if acts:
             weights = self.gamma if isinstance(self.gamma, tuple) else [self.gamma] * len(acts)
             regularizer = layerwise_relative_error([a[:n] for a in acts.values()], [a[n:] for a in acts.values()],
-                                                   list(weights))
+                                                   list(weights), reduction=self.reduction)
             loss = base_loss + regularizer
             logs["regularizer"] = regularizer.detach()
         else:  # plain AT (gamma = 0) logs the same keys as AT-LR, so both fill one table
