@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from art_latent.io import atomic_write, save_figure
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_EPS_255 = (0, 2, 4, 8, 16, 32)
@@ -136,9 +138,9 @@ def run_demo(
         results["defenses"][name] = {"accuracy": curve, "fit_seconds": fit_seconds, "history": history}
 
     results["seconds"] = time.perf_counter() - started
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    atomic_write(out / "results.json", json.dumps(results, indent=2))
     table = format_table(results)
-    (out / "results.md").write_text(table + "\n")
+    atomic_write(out / "results.md", table + "\n")
     plot_path = _plot(results, out / "accuracy_vs_eps.png")
     results["files"] = [str(out / "results.json"), str(out / "results.md"), str(plot_path)]
     return results
@@ -179,7 +181,7 @@ def _plot(results: dict[str, Any], path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 

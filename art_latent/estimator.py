@@ -220,8 +220,8 @@ class LatentClassifier(PyTorchClassifier):
                 ) from None
         if not isinstance(output, torch.Tensor):
             keys = f" with keys {list(output.keys())}" if isinstance(output, Mapping) else ""
-            hint = ("pass output_key='logits' (a dict / ModelOutput key), output_key=0 (a tuple index) or "
-                    "logits_fn=... to LatentClassifier")
+            hint = ("pass `output_key`='logits' (a dict / ModelOutput key), `output_key`=0 (a tuple index) or "
+                    "`logits_fn`=... to LatentClassifier")
             if self._logits_fn is not None or self._output_key is not None:
                 raise TypeError(f"The logits picked from the model output are a {type(output).__name__}, not a "
                                 "tensor.")

@@ -15,17 +15,20 @@ import torch
 logger = logging.getLogger(__name__)
 
 
-def check_int(name: str, value: Any, minimum: int = 1) -> int:
+def check_int(name: str, value: Any, minimum: int = 1, maximum: int | None = None) -> int:
     """
-    Return `value` as an int if it is an integer >= `minimum`, else raise ``ValueError`` naming `name`.
+    Return `value` as an int if it is an integer in ``[minimum, maximum]``, else raise ``ValueError`` naming `name`.
 
     :param name: The argument's name, for the message.
     :param value: The value to check.
     :param minimum: The smallest accepted value.
+    :param maximum: The largest accepted value (none by default).
     :return: ``int(value)``.
     """
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
+    if isinstance(value, bool) or not isinstance(value, Integral) or int(value) < minimum or (
+            maximum is not None and int(value) > maximum):
+        accepted = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"`{name}` must be an integer {accepted}, got {value!r}.")
     return int(value)
 
 
@@ -109,11 +112,24 @@ def check_data(
                 f"({np.min(low):.4g}, {np.max(high):.4g}); rescale the data (e.g. divide by 255)."
             )
     label_name = "y" if name == "x" else name.replace("[0]", "[1]")
+    if not (np.issubdtype(y_np.dtype, np.integer) or np.issubdtype(y_np.dtype, np.floating)
+            or np.issubdtype(y_np.dtype, np.bool_)):
+        raise ValueError(f"`{label_name}` must hold class indices or one-hot rows (numbers), got dtype {y_np.dtype}; "
+                         "map string labels to indices first (e.g. sklearn.preprocessing.LabelEncoder).")
     if y_np.ndim == 2:
         if y_np.shape[1] != nb_classes:
             raise ValueError(f"One-hot `{label_name}` must have {nb_classes} columns, got {y_np.shape[1]}.")
         if not np.isfinite(y_np).all():
             raise ValueError(f"`{label_name}` contains NaN or inf values.")
+        rows = y_np.astype(np.float64)
+        bad = ~(np.isin(rows, (0.0, 1.0)).all(axis=1) & (rows.sum(axis=1) == 1))
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"`{label_name}` as one-hot rows must have exactly one 1 and zeros elsewhere; {int(bad.sum())} rows do "
+                f"not (first: row {first} = {y_np[first].tolist()}). Soft or all-zero labels are not class labels: "
+                "give class indices."
+            )
         y_idx = y_np.argmax(axis=1)
     elif y_np.ndim == 1:
         if not (np.issubdtype(y_np.dtype, np.integer) or np.all(np.mod(y_np, 1) == 0)):

@@ -9,6 +9,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+import helpers
 import numpy as np
 import pytest
 import torch
@@ -16,6 +17,7 @@ from art.attacks.evasion import FastGradientMethod
 from art.estimators.classification import SklearnClassifier
 from helpers import make_classifier
 from sklearn.linear_model import LogisticRegression
+from test_reliability import FACTORIES
 
 from art_latent import LatentClassifier
 from art_latent.analysis import (
@@ -248,3 +250,126 @@ def test_an_attack_on_another_model_warns_of_a_transfer_attack():
 def test_a_leaf_name_alone_suggests_the_qualified_names():
     with pytest.raises(ValueError, match=r"Did you mean .*'stem.unit.bn'"):
         make_classifier(layers=["bn"])
+
+
+# ---------------------------------------------------------------------------------------------------- every trainer
+# The checks at the start of `fit`, for every trainer: before any precomputation, naming the argument, the model
+# (weights, BatchNorm statistics, modes) unchanged.
+
+class _TupleNet(helpers.TinyNet):
+    """Returns (logits, inputs): a model whose output is not the logits tensor."""
+
+    def forward(self, x):
+        return super().forward(x), x
+
+
+class _UnusedLayerNet(helpers.TinyNet):
+    """A TinyNet with a module its forward never calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = torch.nn.Linear(3, 3)
+
+
+def _classifier_with(nb_classes: int = 3, model: torch.nn.Module | None = None, **kwargs: Any) -> LatentClassifier:
+    torch.manual_seed(0)
+    model = helpers.TinyNet() if model is None else model
+    return LatentClassifier(model, torch.nn.CrossEntropyLoss(), (1, 8, 8), nb_classes,
+                            optimizer=torch.optim.SGD(model.parameters(), lr=0.05), clip_values=(0.0, 1.0),
+                            device_type="cpu", **kwargs)
+
+
+def _frozen_classifier() -> LatentClassifier:
+    clf = _classifier_with()
+    for parameter in clf.model.parameters():
+        parameter.requires_grad_(False)
+    return clf
+
+
+def _trainer_fit(name: str, classifier: Callable[[], LatentClassifier] | None = None,
+                 **kwargs: Any) -> Callable[[LatentClassifier], Any]:
+    def call(clf: LatentClassifier) -> Any:
+        if classifier is not None:
+            clf = classifier()
+        trainer = FACTORIES[name](clf, 0)
+        x, y = _data()
+        args: dict[str, Any] = {"x": x, "y": y, "nb_epochs": 1, "batch_size": 4, "verbose": False}
+        args.update({k: v(trainer) if callable(v) and k == "scheduler" else v for k, v in kwargs.items()})
+        return trainer.fit(**args)
+
+    return call
+
+
+def _other_scheduler(trainer: Any) -> Any:
+    other = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    return torch.optim.lr_scheduler.StepLR(other, step_size=1)
+
+
+_SOFT = np.tile([[0.5, 0.5, 0.0]], (12, 1))
+_ZERO_ROW = np.eye(3)[np.arange(12) % 3]
+_ZERO_ROW[5] = 0
+TRAINER_CASES: list[tuple[str, Callable[[LatentClassifier], Any], type[Exception], str]] = []
+for _name in sorted(FACTORIES):
+    TRAINER_CASES += [
+        (f"{_name}-labels-strings", _trainer_fit(_name, y=np.array(["a", "b", "c"] * 4)), ValueError, "y"),
+        (f"{_name}-labels-soft", _trainer_fit(_name, y=_SOFT), ValueError, "y"),
+        (f"{_name}-labels-zero-row", _trainer_fit(_name, y=_ZERO_ROW), ValueError, "y"),
+        (f"{_name}-callbacks-function", _trainer_fit(_name, callbacks=lambda t, e, logs: None), TypeError,
+         "callbacks"),
+        (f"{_name}-scheduler-other-optimizer", _trainer_fit(_name, scheduler=_other_scheduler), ValueError,
+         "scheduler"),
+        (f"{_name}-checkpoint-dir-empty", _trainer_fit(_name, checkpoint_dir=""), ValueError, "checkpoint_dir"),
+        (f"{_name}-checkpoint-dir-unwritable", _trainer_fit(_name, checkpoint_dir="/dev/null/ckpt"), ValueError,
+         "checkpoint_dir"),
+        (f"{_name}-nb-classes-larger", _trainer_fit(_name, classifier=lambda: _classifier_with(5)), ValueError,
+         "nb_classes"),
+        (f"{_name}-tuple-output", _trainer_fit(_name, classifier=lambda: _classifier_with(model=_TupleNet())),
+         TypeError, "output_key"),
+        *([] if _name == "denoiser" else [  # the denoiser trains its own network: a frozen classifier is normal
+            (f"{_name}-no-trainable-parameter", _trainer_fit(_name, classifier=_frozen_classifier), ValueError,
+             "classifier")]),
+        (f"{_name}-drop-last", _trainer_fit(_name, drop_last="yes"), ValueError, "drop_last"),
+        (f"{_name}-validation-not-a-pair", _trainer_fit(_name, validation_data=5), ValueError, "validation_data"),
+    ]
+del _name
+
+
+def _targeted(clf: LatentClassifier) -> FastGradientMethod:
+    return FastGradientMethod(clf, eps=0.1, targeted=True)
+
+
+TRAINER_CASES += [
+    ("seed-too-large", lambda clf: LatentTrainer(clf, seed=2**32), ValueError, "seed"),
+    ("hldr-targeted", lambda clf: HLDRTrainer(clf, _targeted(clf)), ValueError, "attack"),
+    ("afd-targeted", lambda clf: AFDTrainer(clf, _targeted(clf)), ValueError, "attack"),
+    ("atlr-targeted", lambda clf: ATLRTrainer(clf, _targeted(clf), layers=["fc"]), ValueError, "attack"),
+    ("denoiser-targeted", lambda clf: DenoiserTrainer(clf, _denoiser(), _targeted(clf)), ValueError, "attack"),
+    ("hldr-layers-empty", lambda clf: HLDRTrainer(clf, _fgsm(clf), layers=[]), ValueError, "layers"),
+    ("hldr-layer-never-runs", lambda clf: HLDRTrainer(
+        _classifier_with(model=_UnusedLayerNet()), _fgsm(clf), layers=["unused"]).fit(*_data(), verbose=False),
+     ValueError, "layers"),
+    ("hldr-call-never-runs", lambda clf: HLDRTrainer(clf, _fgsm(clf), layers=["fc#1"]).fit(*_data(), verbose=False),
+     ValueError, "layers"),
+    ("fit-batchnorm-last-batch-of-one", _fit(x=_data(13)[0], y=_data(13)[1]), ValueError, "drop_last"),
+    ("fit-nb-classes-smaller", lambda clf: LatentTrainer(_classifier_with(2)).fit(
+        _data()[0], _data()[1] % 2, verbose=False), ValueError, "nb_classes"),
+]
+
+
+def test_the_trainer_matrix_covers_every_trainer():
+    assert {case[0].rsplit("-labels-strings", 1)[0] for case in TRAINER_CASES if "labels-strings" in case[0]} == set(
+        FACTORIES)
+    assert len(CASES) + len(TRAINER_CASES) >= 150
+
+
+@pytest.mark.parametrize(("call", "error", "argument"), [case[1:] for case in TRAINER_CASES],
+                         ids=[c[0] for c in TRAINER_CASES])
+def test_bad_fit_input_is_rejected_before_any_work(call, error, argument):
+    test_bad_input_is_rejected_naming_the_argument(call, error, argument)
+
+
+def test_a_batchnorm_last_batch_of_one_trains_with_drop_last():
+    clf = make_classifier()
+    x, y = _data(13)
+    history = LatentTrainer(clf).fit(x, y, nb_epochs=1, batch_size=4, drop_last=True, verbose=False)
+    assert len(history) == 1

@@ -200,7 +200,7 @@ def test_model_output_selection():
 
     x = np.random.default_rng(0).uniform(size=(5, 4)).astype(np.float32)
     plain = LatentClassifier(DictNet(), nn.CrossEntropyLoss(), (4,), 3, device_type="cpu")
-    with pytest.raises(TypeError, match=r"returned a dict with keys \['features', 'logits'\].*output_key='logits'"):
+    with pytest.raises(TypeError, match=r"returned a dict with keys \['features', 'logits'\].*`output_key`='logits'"):
         plain.predict(x)
     net = DictNet()
     clf = LatentClassifier(net, nn.CrossEntropyLoss(), (4,), 3, device_type="cpu", output_key="logits",

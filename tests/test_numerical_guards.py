@@ -199,8 +199,8 @@ def test_denoiser_divergence_restores_the_denoiser_batchnorm(tiny_classifier, ti
 def test_gradient_check_handles_sparse_and_large_finite_gradients():
     embedding = torch.nn.Embedding(10, 4, sparse=True)
     head = torch.nn.Linear(4, 3)
-    model = torch.nn.Sequential(embedding, torch.nn.Flatten(), head)
-    clf = LatentClassifier(model, torch.nn.CrossEntropyLoss(), (1,), 3, layers=["2"], device_type="cpu",
+    model = torch.nn.Sequential(_ToLong(), embedding, torch.nn.Flatten(), head)
+    clf = LatentClassifier(model, torch.nn.CrossEntropyLoss(), (1,), 3, layers=["3"], device_type="cpu",
                            optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
     trainer = LatentTrainer(clf)
     trainer.training_step = lambda batch: _sparse_step(model, batch)
@@ -212,8 +212,13 @@ def test_gradient_check_handles_sparse_and_large_finite_gradients():
     big.fit(*_tiny(), nb_epochs=1, batch_size=16, verbose=False)  # one step
 
 
+class _ToLong(torch.nn.Module):
+    def forward(self, x):
+        return x.long()
+
+
 def _sparse_step(model, batch):
-    logits = model[2](model[0](batch["x"].long()).flatten(1))
+    logits = model(batch["x"])
     return torch.nn.functional.cross_entropy(logits, batch["y"]), logits, {}
 
 

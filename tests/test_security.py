@@ -109,3 +109,69 @@ def test_registered_functions_and_module_subclasses_are_allowed():
         resolve_function(f"{__name__}:_config")
     with pytest.raises(ValueError, match="not a subclass"):
         resolve_object("torch.nn:Linear", torch.optim.Optimizer)
+
+
+# ---------------------------------------------------------------------------------------------------- report DIR
+
+def _run_dir(tmp_path: Path, fold: bool = True, **changes) -> Path:
+    from art_latent.experiments.config import config_from_dict
+
+    config = config_from_dict(_config()).to_dict()
+    config["evaluation"]["attacks"] = ["fgsm"]
+    config["evaluation"]["eps_255"] = [0.0, 8.0]
+    for key, value in changes.items():
+        section, _, name = key.partition("__")
+        config[section][name] = value
+    out = tmp_path / "run"
+    (out / "folds").mkdir(parents=True)
+    (out / "config.json").write_text(json.dumps({"config": config, "digest": "d"}))
+    if fold:
+        entry = {"clean_accuracy": 0.9, "accuracy": {"fgsm": [0.9, 0.5]}, "flags": [],
+                 "timing": {"ms_per_sample": 1.0, "fit_seconds": 1.0, "eval_seconds": 1.0}}
+        results = {p: {"undefended": entry} for p in config["protocol"]["pair_sets"]}
+        (out / "folds" / "fold_0.json").write_text(json.dumps(
+            {"config_digest": "d", "fold": 0, "results": results, "timing": {"fold_seconds": 1.0}}))
+    return out
+
+
+@pytest.mark.parametrize("name", ["x/../../..", "../escape", "/abs", "D/../../x"])
+def test_report_refuses_pair_set_names_that_leave_the_directory(tmp_path, name):
+    from art_latent.experiments.summary import render_report
+
+    out = _run_dir(tmp_path, protocol__pair_sets=[name])
+    with pytest.raises(ValueError, match="pair set"):
+        render_report(out)
+    assert sorted(p.name for p in tmp_path.rglob("*.png")) == []
+
+
+def test_report_replaces_symlinked_outputs_instead_of_following_them(tmp_path):
+    from art_latent.experiments.summary import render_report
+
+    out = _run_dir(tmp_path)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    for name in ("report.md", "results.json"):
+        (out / name).symlink_to(victim)
+    render_report(out)
+    assert victim.read_text() == "keep me"
+    assert not (out / "report.md").is_symlink() and "undefended" in (out / "report.md").read_text()
+    assert list((out / "figures").glob("*.png"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for png in (out / "figures").iterdir():
+        png.unlink()
+    (out / "figures").rmdir()
+    (out / "figures").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(ValueError, match="symbolic link"):
+        render_report(out)
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_report_of_a_missing_or_foreign_directory_says_so(tmp_path):
+    from art_latent.experiments.summary import render_report
+
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        render_report(tmp_path / "nope")
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not a configuration"):
+        render_report(tmp_path)

@@ -119,7 +119,9 @@ def test_modes_hooks_and_checkpoint_survive_an_exception(tiny_classifier, tiny_d
     assert model.training and not model.stem.unit.bn.training and model.res.bn1.training
     assert _hook_count(model) == 0
     state = torch.load(checkpoint / "checkpoint.pt", weights_only=True)
-    assert state["epoch"] == 1 and sorted(p.name for p in checkpoint.iterdir()) == ["checkpoint.pt"]
+    files = sorted(p.name for p in checkpoint.iterdir())  # the checkpoint and the pairs, written once
+    assert state["epoch"] == 1 and files[0] == "checkpoint.pt" and len(files) == 2
+    assert files[1].startswith("per_sample_state-") and state["write_once"]["file"] == files[1]
 
 
 def test_resume_reproduces_an_uninterrupted_run(tiny_data, tmp_path):

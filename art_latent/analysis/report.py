@@ -30,6 +30,7 @@ from art_latent.analysis.curves import (
 )
 from art_latent.analysis.masking import WHITE_BOX, gradient_masking_flags
 from art_latent.analysis.masking import masking_checks as run_masking_checks
+from art_latent.io import atomic_write, save_figure
 from art_latent.validation import check_choice, check_int, check_range
 
 logger = logging.getLogger(__name__)
@@ -78,12 +79,7 @@ def write_json(data: Any, path: str | os.PathLike) -> Path:
     :param path: Destination.
     :return: The path.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n")
 
 
 def plot_curves(
@@ -671,8 +667,7 @@ class RobustnessReport:
         paths = [write_json(results, out / "report.json")]
         plots = cls.plot(results, out)
         text = cls.to_markdown(results) + "\n## Plots\n\n" + "\n\n".join(f"![{p.stem}]({p.name})" for p in plots)
-        md = out / "report.md"
-        md.write_text(text + "\n")
+        md = atomic_write(out / "report.md", text + "\n")
         return [*paths, md, *plots]
 
     @classmethod
@@ -712,7 +707,7 @@ def _flatten_metric(name: str, value: Any) -> dict[str, Any]:
 
 
 def _save(fig: Any, path: Path, plt: Any) -> Path:
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 

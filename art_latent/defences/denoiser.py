@@ -20,7 +20,7 @@ from torch import nn
 from art_latent.estimator import LatentClassifier
 from art_latent.perturbations import GaussianNoiseSource, PerturbationSource, budget_pairs
 from art_latent.regularizers.disparity import NORMALIZATIONS, latent_disparity
-from art_latent.trainers.base import Batch, LatentTrainer
+from art_latent.trainers.base import WRITE_ONCE, Batch, LatentTrainer
 from art_latent.utils import preserve_mode
 from art_latent.validation import check_choice, check_int, check_range
 
@@ -524,11 +524,12 @@ class DenoiserTrainer(LatentTrainer):
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"denoiser": {k: v.detach().cpu() for k, v in self.denoiser.state_dict().items()}}
         if self.regenerate == "never" and self._current is not None:
-            state["pairs"] = {k: v.detach().cpu() for k, v in self._current.items()}
+            state[WRITE_ONCE] = self._current  # never changes: written once per run
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.denoiser.network.load_state_dict(state["denoiser"])
-        if "pairs" in state:
-            self._restored = state["pairs"]
+        pairs = state.get(WRITE_ONCE, state.get("pairs"))  # "pairs": checkpoints of format 2
+        if pairs is not None:
+            self._restored = pairs
 

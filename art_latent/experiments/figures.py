@@ -16,6 +16,7 @@ from typing import Any
 
 from art_latent.analysis.report import ATTACK_TITLES, EPS_ATTACKS, _pyplot, plot_curves
 from art_latent.experiments.summary import with_reference
+from art_latent.io import inside, save_figure
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ def _two_panels(plt: Any, xs: list[float], entries: Mapping[str, Any], key: str,
     plot_curves(axes[1], xs, gains, xlabel, f"accuracy gain over {reference}", "(b) gain", zero_line=True,
                 colors=colors)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -63,7 +64,7 @@ def write_figures(config: Mapping[str, Any], aggregated: Mapping[str, Any], out:
             continue
         colors = {**colors, label: colors.get(reference, "C0")}
         for attack in (a for a in ev["attacks"] if a in EPS_ATTACKS):
-            path = out / f"accuracy_vs_eps_{attack}_{pair_set}.png"
+            path = inside(out, f"accuracy_vs_eps_{attack}_{pair_set}.png")
             key = f"accuracy_{attack}"
             data = {n: {key: e["accuracy"][attack], "gain": e["gain"]} for n, e in entries.items()}
             _two_panels(plt, eps_x, data, key, attack, label, "eps (x 1/255)",
@@ -72,7 +73,7 @@ def write_figures(config: Mapping[str, Any], aggregated: Mapping[str, Any], out:
             caption = f"{number + ': ' if number else ''}{ATTACK_TITLES[attack]} accuracy vs eps, pair set {pair_set}"
             written.append((caption, f"{out.name}/{path.name}"))
         if "noise" in ev["attacks"]:
-            path = out / f"accuracy_vs_sigma_{pair_set}.png"
+            path = inside(out, f"accuracy_vs_sigma_{pair_set}.png")
             _two_panels(plt, sigma_x, entries, "noise_accuracy", "noise", label, "sigma (x 1/255)",
                         f"Gaussian noise, pair set {pair_set}", path, colors)
             number = PAPER_FIGURES.get((pair_set, "noise"))
@@ -89,8 +90,8 @@ def write_figures(config: Mapping[str, Any], aggregated: Mapping[str, Any], out:
                          for n, e in entries.items()},
                         "hidden layer", "perturbation error", f"pair set {pair_set}", colors=colors, integer_x=True)
         fig.tight_layout()
-        path = out / "perturbation_error.png"
-        fig.savefig(path, dpi=120)
+        path = inside(out, "perturbation_error.png")
+        save_figure(fig, path)
         plt.close(fig)
         written.append((f"Fig. 6: per-layer perturbation error at eps={ev['perturbation_eps_255']:g}/255 (FGSM)",
                         f"{out.name}/{path.name}"))

@@ -280,13 +280,9 @@ def pretrain(
 
 
 def _sha256(path: Path) -> str:
-    import hashlib
+    from art_latent.io import sha256_file
 
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 def _load_pretrained(path: Path, digest: str) -> tuple[dict[str, Any], dict[str, Any]] | None:

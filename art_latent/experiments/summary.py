@@ -21,6 +21,7 @@ from art_latent.analysis.report import (
     gradient_masking_flags,
     write_json,
 )
+from art_latent.io import atomic_write, inside
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,38 @@ def _difference(a: Sequence[float | None], b: Sequence[float | None]) -> list[fl
     return [None if u is None or v is None else u - v for u, v in zip(a, b, strict=True)]
 
 
+def _check_saved_config(saved: Any, path: Path) -> None:
+    # The names in a run directory's config.json become file names and table keys: hold them to the rules they met
+    # when the run was configured (a crafted file must not lead a write out of the directory).
+    from art_latent.analysis.report import ATTACKS
+    from art_latent.experiments.config import PAIR_SETS
+
+    def fail(message: str) -> None:
+        raise ValueError(f"{path} is not a configuration written by `art-latent benchmark`: {message}.")
+
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict) or "digest" not in saved:
+        fail("expected an object with 'digest' and 'config'")
+    config = saved["config"]
+    try:
+        pair_sets = list(config["protocol"]["pair_sets"])
+        attacks = list(config["evaluation"]["attacks"])
+        defenses = list(config["defenses"])
+        reference = config["evaluation"]["reference"]
+    except (KeyError, TypeError) as error:
+        fail(f"missing or malformed entry {error}")
+    for pair_set in pair_sets + [p for d in defenses if isinstance(d, dict) for p in d.get("pair_sets") or []]:
+        if pair_set not in PAIR_SETS:
+            fail(f"pair set {pair_set!r} is not one of {list(PAIR_SETS)}")
+    for attack in attacks:
+        if attack not in ATTACKS:
+            fail(f"attack {attack!r} is not one of {list(ATTACKS)}")
+    names = [d.get("name") if isinstance(d, dict) else None for d in defenses]
+    if not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+        fail(f"the defense names must be distinct non-empty strings, got {names!r}")
+    if not isinstance(reference, str):
+        fail(f"`evaluation.reference` must be a string, got {reference!r}")
+
+
 def load_run(out: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """
     Read a run directory: its configuration and the finished folds, in fold order.
@@ -56,9 +89,15 @@ def load_run(out: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     :raises FileNotFoundError: If `out` holds no ``config.json``.
     """
     out = Path(out)
+    if not out.is_dir():
+        raise FileNotFoundError(f"The run directory {out} does not exist.")
     if not (out / "config.json").exists():
         raise FileNotFoundError(f"{out} has no config.json: not the output directory of `art-latent benchmark`.")
-    saved = json.loads((out / "config.json").read_text())
+    try:
+        saved = json.loads((out / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{out / 'config.json'} is not valid JSON: {error}") from error
+    _check_saved_config(saved, out / "config.json")
     folds = []
     for path in sorted((out / FOLD_DIR).glob("fold_*.json")):
         fold = json.loads(path.read_text())
@@ -331,10 +370,10 @@ def render_report(out: str | Path) -> dict[str, Any]:
     wall = (pretrain.get("seconds") or 0.0) + sum(f["timing"]["fold_seconds"] for f in folds)
     run_info = {"folds_done": len(folds), "wall_seconds": wall,
                 "pretrain": {k: pretrain.get(k) for k in ("epochs", "best_epoch")}}
-    figures = write_figures(config, aggregated, out / "figures") if folds else []
+    figures = write_figures(config, aggregated, inside(out, "figures")) if folds else []
     results = {"name": config["name"], "config": config, **aggregated,
                "folds": [f["fold"] for f in folds], "timing": {"wall_seconds": wall},
                "figures": [{"caption": c, "path": p} for c, p in figures]}
     write_json(results, out / "results.json")
-    (out / "report.md").write_text(render_markdown(config, aggregated, figures, run_info))
+    atomic_write(out / "report.md", render_markdown(config, aggregated, figures, run_info))
     return results

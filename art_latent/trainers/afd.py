@@ -250,7 +250,8 @@ class AFDTrainer(LatentTrainer):
             grads = torch.autograd.grad(h.sum(), params, allow_unused=True) if h.requires_grad else [None] * len(params)
         encoder = [p for p, g in zip(params, grads, strict=True) if g is not None]
         if not encoder:
-            raise ValueError(f"The embedding {self.embedding.name!r} depends on no trainable parameter.")
+            raise ValueError(f"`embedding_layer` {self.embedding.name!r} depends on no trainable parameter of the "
+                             "`classifier`'s model.")
         if len(encoder) == len(params):
             logger.warning("Every trainable parameter feeds the embedding: the decoder has no parameters.")
         return encoder, int(h.shape[1])

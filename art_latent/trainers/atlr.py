@@ -79,6 +79,8 @@ class ATLRTrainer(LatentTrainer):
 
     # Always set after construction: __init__ calls set_attack() (the base class allows None for methods without one).
     attack: PerturbationSource
+    #: The analysis settings only choose the layers, which a resumed run restores from its checkpoint.
+    resume_ignores = LatentTrainer.resume_ignores | {"lsa_samples", "eta", "lsa_result"}
 
     def __init__(
         self,

@@ -5,9 +5,12 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import inspect
 import logging
 import math
 import os
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -21,7 +24,9 @@ from art.defences.trainer.trainer import Trainer
 from art.estimators.classification.pytorch import PyTorchClassifier
 from tqdm.auto import tqdm
 
+from art_latent.capture import split_ref
 from art_latent.estimator import LatentClassifier
+from art_latent.io import remove_stale_temporaries
 from art_latent.perturbations import PerturbationSource, as_perturbation_source, attacked_model
 from art_latent.trainers import checkpoint as ckpt
 from art_latent.trainers.distributed import DistributedContext, convert_sync_batchnorm
@@ -32,6 +37,8 @@ from art_latent.validation import check_data, check_int
 logger = logging.getLogger(__name__)
 
 Batch = dict[str, torch.Tensor]
+#: The key of :meth:`LatentTrainer.state_dict` for per-sample tensors written once per run (see there).
+WRITE_ONCE = "write_once"
 _MIN_LOSS_SCALE = 1.0  # GradScaler starts at 2**16 and halves on every step it skips
 Callback = Callable[["LatentTrainer", int, dict[str, float]], Any]
 
@@ -51,6 +58,49 @@ class TrainingDivergedError(FloatingPointError):
         self.checkpoint = checkpoint
 
 
+def _is_targeted(attack: Any) -> bool:
+    for candidate in (attack, getattr(attack, "attack", None)):
+        targeted = getattr(candidate, "targeted", False)
+        if isinstance(targeted, bool) and targeted:
+            return True
+    return False
+
+
+def _describe(value: Any) -> Any:
+    """A setting as plain data for the resume fingerprint (objects by type and their budget-like attributes)."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list | tuple):
+        return [_describe(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _describe(v) for k, v in value.items()}
+    if isinstance(value, torch.Tensor):
+        return f"tensor{tuple(value.shape)}"
+    described: dict[str, Any] = {"type": f"{type(value).__module__}.{type(value).__qualname__}"}
+    for key in ("eps", "eps_step", "sigma", "max_iter", "norm", "num_random_init", "targeted"):
+        item = getattr(value, key, None)
+        if item is None and hasattr(value, "attack"):
+            item = getattr(value.attack, key, None)
+        if isinstance(item, bool | int | float | str):
+            described[key] = item
+    return described
+
+
+def data_digest(*arrays: np.ndarray) -> str:
+    """
+    A BLAKE2b digest of arrays' dtypes, shapes and bytes: the training data's identity in a checkpoint.
+
+    :param arrays: The arrays (e.g. ``x``, ``y``).
+    :return: Hex digest.
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(array.reshape(-1).view(np.uint8).data if array.size else b"")
+    return digest.hexdigest()
+
+
 class LatentTrainer(Trainer):
     """
     The training loop shared by every art_latent defense; on its own it trains with the classifier's loss (plain
@@ -66,6 +116,10 @@ class LatentTrainer(Trainer):
 
     #: The exception raised on a non-finite loss or gradient (methods may raise a subclass).
     divergence_error: type[TrainingDivergedError] = TrainingDivergedError
+    #: Whether the training attack may be a targeted one (a method that documents a use for it sets ``True``).
+    allows_targeted_attack: bool = False
+    #: Attributes that do not change what a run computes: a resumed run may set them differently.
+    resume_ignores: frozenset[str] = frozenset({"history", "log_every", "check_finite", "distributed"})
 
     def __init__(
         self,
@@ -119,7 +173,7 @@ class LatentTrainer(Trainer):
         )
         self.attack: PerturbationSource | None = None
         if seed is not None:
-            check_int("seed", seed, minimum=0)
+            check_int("seed", seed, minimum=0, maximum=2**32 - 1)  # numpy's seed range
         self.seed = seed
         self.log_every = check_int("log_every", log_every)
         self.history: list[dict[str, float]] = []
@@ -134,6 +188,9 @@ class LatentTrainer(Trainer):
             raise ValueError(f"`check_finite` must be True or False, got {check_finite!r}.")
         self.check_finite = check_finite
         self._dist: DistributedContext | None = None
+        # (identity of the method's write-once tensors, the file reference of their last write)
+        self._write_once: tuple[Any, dict[str, Any]] | None = None
+        self._fingerprint: dict[str, Any] | None = None
         self._global_batch_size = 0
         self._local_batch_size = 0
 
@@ -152,6 +209,13 @@ class LatentTrainer(Trainer):
         return self.attack
 
     def _attack_source(self, attack: Any, fast: bool, argument: str) -> PerturbationSource:
+        if argument == "attack" and self.allows_targeted_attack is False and _is_targeted(attack):
+            raise ValueError(
+                f"`{argument}` is a targeted attack ({type(attack).__name__} with targeted=True): its examples move "
+                f"towards the label they are given, which {type(self).__name__} uses as the true label, so training "
+                "on them would not defend against anything. Use an untargeted attack (targeted=False), as ART's "
+                "AdversarialTrainer requires."
+            )
         source = as_perturbation_source(attack, fast=fast, argument=argument)
         model = attacked_model(attack) or attacked_model(source)
         if model is not None and model is not self._classifier.model:
@@ -349,8 +413,22 @@ class LatentTrainer(Trainer):
         return contextlib.nullcontext()
 
     def state_dict(self) -> dict[str, Any]:
-        """Extra state of the method to checkpoint (besides model, optimizer, history and RNG states)."""
+        """
+        Extra state of the method to checkpoint (besides model, optimizer, history and RNG states). Per-sample tensors
+        that never change once made (precomputed pairs, fixed noise) go under the key ``"write_once"`` as a dict of
+        tensors: they are written once, to their own file, instead of into every checkpoint (keep returning the same
+        tensor objects while they do not change).
+        """
         return {}
+
+    def resume_settings(self) -> dict[str, Any]:
+        """
+        The settings a checkpoint must have been written with to be resumed: every public attribute of the trainer
+        (hyper-parameters, budgets, layers, seed, the attack's type and budget) except :attr:`resume_ignores`.
+        Methods may override it. Compared, with the data's digest, when ``fit(..., resume=True)`` finds a checkpoint.
+        """
+        return {key: _describe(value) for key, value in sorted(vars(self).items())
+                if not key.startswith("_") and key not in self.resume_ignores and not inspect.isroutine(value)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
@@ -395,6 +473,7 @@ class LatentTrainer(Trainer):
         checkpoint_dir: str | os.PathLike | None = None,
         checkpoint_every: int = 1,
         resume: bool = False,
+        drop_last: bool = False,
         **kwargs: Any,
     ) -> list[dict[str, float]]:
         """
@@ -418,23 +497,36 @@ class LatentTrainer(Trainer):
                                ``torch.load(weights_only=True)``. A divergence writes ``emergency.pt`` there.
         :param checkpoint_every: Write the checkpoint every this many epochs (and after the last epoch).
         :param resume: Continue from ``checkpoint_dir/checkpoint.pt`` when it exists (start afresh when it does
-                       not); the resumed run ends with the weights an uninterrupted run would have.
+                       not); the resumed run ends with the weights an uninterrupted run would have. The checkpoint must
+                       have been written for the same data and method settings (:meth:`resume_settings`), else it is
+                       refused before anything is changed; its learning rates replace the optimizer's (a warning says
+                       so when they differ), and a different `batch_size` is used but warned about.
+        :param drop_last: Drop the last batch of each epoch when it is smaller than `batch_size`. Without it, a model
+                          with BatchNorm layers and a last batch of one sample is refused before training (BatchNorm
+                          cannot normalise one sample in training mode).
         :return: The history: one dict per epoch.
         """
         if kwargs:
             raise TypeError(f"Unexpected keyword arguments for fit: {', '.join(f'`{k}`' for k in sorted(kwargs))}.")
         batch_size = check_int("batch_size", batch_size)
         nb_epochs = check_int("nb_epochs", nb_epochs)
-        if scheduler is not None and not callable(getattr(scheduler, "step", None)):
-            raise TypeError(f"`scheduler` must have a .step() method, got {type(scheduler).__name__}.")
+        if not isinstance(drop_last, bool):
+            raise ValueError(f"`drop_last` must be True or False, got {drop_last!r}.")
+        if not isinstance(shuffle, bool):
+            raise ValueError(f"`shuffle` must be True or False, got {shuffle!r}.")
+        self._check_scheduler_and_callbacks(scheduler, callbacks)
         checkpoint = self._check_checkpoint_args(checkpoint_dir, checkpoint_every, resume)
         x_np, y_np = self._check(x, y)
         val = None
         if validation_data is not None:
-            if len(validation_data) != 2:
+            if not isinstance(validation_data, tuple | list) or len(validation_data) != 2:
                 raise ValueError("`validation_data` must be a tuple (x_val, y_val).")
             val = self._to_device(*self._check(*validation_data, name="validation_data[0]"))
         self._check_fit_params(x_np, y_np, batch_size)
+        self.check_model(x_np[:batch_size])
+        self._fingerprint = {"data": data_digest(x_np, y_np), "settings": self.resume_settings(),
+                             "batch_size": batch_size, "shuffle": shuffle, "drop_last": drop_last,
+                             "lr": self._learning_rates()}
         self._seed_everything()
         x_t, y_t = self._to_device(x_np, y_np)
 
@@ -453,6 +545,15 @@ class LatentTrainer(Trainer):
             step = batch_size * world  # every process takes its contiguous part of each global batch
             # A last global batch too small to give every process a sample is dropped under data-parallel training.
             starts = [s for s in range(0, n, step) if world == 1 or min(step, n - s) >= world]
+            if drop_last and n - starts[-1] < step and len(starts) > 1:
+                starts = starts[:-1]
+            last = min(step, n - starts[-1]) // world
+            if last == 1 and self._has_batchnorm():
+                raise ValueError(
+                    f"The last batch of every epoch would hold one sample ({n} samples per epoch, batch_size="
+                    f"{batch_size}{f' x {world} processes' if world > 1 else ''}): BatchNorm cannot normalise a "
+                    "single sample in training mode. Pass `drop_last`=True or another `batch_size`."
+                )
 
             def batches() -> Iterator[Batch]:
                 for start in starts:
@@ -503,6 +604,7 @@ class LatentTrainer(Trainer):
         if not isinstance(generator, DataGenerator):
             raise TypeError(f"`generator` must be an ART DataGenerator, got {type(generator).__name__}.")
         nb_epochs = check_int("nb_epochs", nb_epochs)
+        self._check_scheduler_and_callbacks(scheduler, callbacks)
         checkpoint = self._check_checkpoint_args(checkpoint_dir, checkpoint_every, resume)
         if generator.size is None or generator.batch_size is None:
             raise ValueError("The DataGenerator must know its `size` and `batch_size`.")
@@ -511,18 +613,35 @@ class LatentTrainer(Trainer):
                 f"The DataGenerator's `size` and `batch_size` must be positive, got {generator.size} and "
                 f"{generator.batch_size}."
             )
+        if generator.size % generator.batch_size == 1 and self._has_batchnorm():
+            raise ValueError(
+                f"The DataGenerator's last batch would hold one sample (size {generator.size}, batch_size "
+                f"{generator.batch_size}): BatchNorm cannot normalise a single sample in training mode. Use another "
+                "batch_size."
+            )
         val = None
         if validation_data is not None:
+            if not isinstance(validation_data, tuple | list) or len(validation_data) != 2:
+                raise ValueError("`validation_data` must be a tuple (x_val, y_val).")
             val = self._to_device(*self._check(*validation_data, name="validation_data[0]"))
+        self._fingerprint = {"data": {"generator": f"{type(generator).__module__}.{type(generator).__qualname__}",
+                                      "size": int(generator.size), "batch_size": int(generator.batch_size)},
+                             "settings": self.resume_settings(), "batch_size": int(generator.batch_size),
+                             "lr": self._learning_rates()}
         self._seed_everything()
         resuming = resume and checkpoint is not None and (checkpoint[0] / ckpt.CHECKPOINT_NAME).exists()
         self.prepare_generator(generator, resuming)
         nb_batches = math.ceil(generator.size / generator.batch_size)
+        checked: list[bool] = []
 
         def epoch_batches(epoch: int) -> tuple[int, Iterator[Batch]]:
             def gen() -> Iterator[Batch]:
                 for _ in range(nb_batches):
-                    x_b, y_b = self._to_device(*self._check(*generator.get_batch()))
+                    x_np, y_np = self._check(*generator.get_batch())
+                    if not checked:  # the model contract, on the first batch (before its training step)
+                        self.check_model(x_np)
+                        checked.append(True)
+                    x_b, y_b = self._to_device(x_np, y_np)
                     yield {"x": x_b, "y": y_b}
 
             return nb_batches, gen()
@@ -544,10 +663,89 @@ class LatentTrainer(Trainer):
             return None
         if not isinstance(checkpoint_dir, str | os.PathLike):
             raise TypeError(f"`checkpoint_dir` must be a path, got {type(checkpoint_dir).__name__}.")
+        if not os.fspath(checkpoint_dir).strip():
+            raise ValueError("`checkpoint_dir` is empty: give a directory (None disables checkpoints).")
         directory = Path(checkpoint_dir)
         if directory.exists() and not directory.is_dir():
             raise ValueError(f"`checkpoint_dir` {str(directory)!r} exists and is not a directory.")
+        try:  # found now, not after the first epoch
+            directory.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=directory):
+                pass
+        except OSError as error:
+            raise ValueError(f"`checkpoint_dir` {str(directory)!r} is not writable: {error}") from error
+        remove_stale_temporaries(directory, (ckpt.CHECKPOINT_NAME, ckpt.EMERGENCY_NAME, ckpt.STATE_PREFIX))
+        ckpt.remove_unreferenced_blobs(directory)
         return directory, every
+
+    def _check_scheduler_and_callbacks(self, scheduler: Any, callbacks: Any) -> None:
+        if scheduler is not None:
+            if not callable(getattr(scheduler, "step", None)):
+                raise TypeError(f"`scheduler` must have a .step() method, got {type(scheduler).__name__}.")
+            bound = getattr(scheduler, "optimizer", None)
+            if isinstance(bound, torch.optim.Optimizer) and bound is not self._classifier.optimizer:
+                raise ValueError(
+                    "`scheduler` is bound to another optimizer than the classifier's: it would change learning rates "
+                    "nobody trains with. Build it on `trainer.classifier.optimizer`."
+                )
+        if callbacks is not None:
+            if callable(callbacks) or not isinstance(callbacks, list | tuple):
+                raise TypeError(
+                    f"`callbacks` must be a list of callables, got {type(callbacks).__name__}; wrap a single "
+                    "callback in a list: callbacks=[fn]."
+                )
+            for callback in callbacks:
+                if not callable(callback):
+                    raise TypeError(f"`callbacks` must hold callables, got {type(callback).__name__}.")
+
+    def _learning_rates(self) -> list[float]:
+        return [float(g["lr"]) for g in self._classifier.optimizer.param_groups if "lr" in g]
+
+    def _has_batchnorm(self) -> bool:
+        return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                   for module in self.trained_modules() for m in module.modules())
+
+    def check_model(self, x: np.ndarray) -> None:
+        """
+        The model contract, checked with one forward pass in eval mode on the first samples before any other work
+        (no BatchNorm statistic moves): the model has a trainable parameter, returns logits of shape
+        ``(n, nb_classes)`` (through ``output_key`` / ``logits_fn`` when set), and every layer the method
+        regularizes runs. Methods may extend it.
+
+        :param x: A few training inputs (numpy, validated).
+        :raises ValueError: Naming ``nb_classes``, the model's output or the layer.
+        :raises TypeError: If the output is not a tensor and nothing says where the logits are.
+        """
+        clf = self._classifier
+        model = clf.model
+        if not any(p.requires_grad for module in self.trained_modules() for p in module.parameters()):
+            raise ValueError("The `classifier`'s model has no trainable parameter (none, or all with requires_grad="
+                             "False): there is nothing to train.")
+        sample = torch.from_numpy(np.ascontiguousarray(x[:8])).to(self.device)
+        with preserve_mode(model), torch.no_grad():
+            model.eval()
+            x_pre = self._preprocess(sample)
+            output = model(x_pre)
+            logits = clf.select_logits(output)
+        expected = (len(sample), clf.nb_classes)
+        if logits.ndim != 2 or tuple(logits.shape) != expected:
+            raise ValueError(
+                f"The model returns logits of shape {tuple(logits.shape)} for {len(sample)} inputs, but the classifier "
+                f"has `nb_classes`={clf.nb_classes}: expected {expected}. Set `nb_classes` to the model's number of "
+                "outputs (or fix the model's last layer)."
+            )
+        layers = self.regularized_layers
+        if layers:
+            counts = clf.trace(x_pre, training=False).call_counts()
+            for ref in layers:
+                name, index = split_ref(ref)
+                if counts.get(name, 0) <= index:
+                    ran = counts.get(name, 0)
+                    raise ValueError(
+                        f"`layers`: {ref!r} never runs in the model's forward pass (module {name!r} is called "
+                        f"{ran} time(s)): it cannot be regularized. Choose layers that run, e.g. "
+                        f"{clf.latent_layers[:4]}."
+                    )
 
     def _check_fit_params(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> None:
         """Method-specific checks of the training data, before any work (override to add)."""
@@ -586,9 +784,6 @@ class LatentTrainer(Trainer):
         callbacks = list(callbacks or [])
         if self.regularized_layers:
             self._classifier.regularized_layers = self.regularized_layers
-        for callback in callbacks:
-            if not callable(callback):
-                raise TypeError(f"`callbacks` must hold callables, got {type(callback).__name__}.")
         self._dist = DistributedContext.resolve(self.distributed, self.device)
         self._global_batch_size = 0
         if self._dist is not None:
@@ -602,6 +797,7 @@ class LatentTrainer(Trainer):
         start_epoch = 0
         self.history = []
         self._stop = False
+        self._write_once = None
         if resume and path is not None and path.exists():
             start_epoch, self._stop = self._load_checkpoint(path, scheduler)
             logger.info("Resumed from %s after epoch %d.", path, start_epoch)
@@ -659,7 +855,8 @@ class LatentTrainer(Trainer):
             except TrainingDivergedError as error:
                 if not getattr(self, "_steps_taken", 0):
                     self._restore_buffers()  # the failing batch's forward pass moved BatchNorm statistics
-                raise self._diverged(error, epoch, step, scheduler) from None
+                diverged = self._diverged(error, epoch, step, scheduler)
+                raise diverged from diverged.__cause__
             count += n
             with torch.no_grad():
                 metrics = {"loss": loss.detach() * n, "accuracy": (logits.argmax(1) == batch["y"]).sum()}
@@ -727,10 +924,14 @@ class LatentTrainer(Trainer):
 
     def _diverged(self, error: TrainingDivergedError, epoch: int, step: int, scheduler: Any) -> TrainingDivergedError:
         saved = None
+        unsaved: OSError | None = None
         if self._checkpoint is not None:
             # The failing step was not taken: model and optimizers hold the state after the previous batch.
             saved = self._checkpoint[0] / ckpt.EMERGENCY_NAME
-            self._write(saved, epoch, scheduler, batch=step)
+            try:
+                self._write(saved, epoch, scheduler, batch=step)
+            except OSError as failure:  # a full disk must not hide the divergence
+                unsaved, saved = failure, None
         where = f"epoch {epoch + 1}, batch {step + 1}"
         taken = getattr(self, "_steps_taken", 0)
         if taken:  # e.g. AFD's classification step ran before its discriminator step failed
@@ -738,11 +939,18 @@ class LatentTrainer(Trainer):
                      "were; the state after them is")
         else:
             state = "The optimizer step was not taken; the last good state (before this batch) is"
-        kept = f"saved to {saved}" if saved is not None else "kept in memory (no `checkpoint_dir` to save it to)"
-        return self.divergence_error(
+        if saved is not None:
+            kept = f"saved to {saved}"
+        elif unsaved is not None:
+            kept = f"kept in memory only: writing {ckpt.EMERGENCY_NAME} failed ({unsaved})"
+        else:
+            kept = "kept in memory (no `checkpoint_dir` to save it to)"
+        diverged = self.divergence_error(
             f"Training diverged at {where}: {error} ({self.divergence_advice(error.terms)}). {state} {kept}.",
             error.terms, epoch + 1, step + 1, saved,
         )
+        diverged.__cause__ = unsaved
+        return diverged
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> dict[str, float]:
         """
@@ -783,39 +991,152 @@ class LatentTrainer(Trainer):
     def _write(self, path: Path, epoch: int, scheduler: Any, batch: int | None = None) -> None:
         """Write a checkpoint after `epoch` complete epochs (and `batch` more batches, for an emergency checkpoint)."""
         if self._dist is None or self._dist.is_main:
+            method = dict(self.state_dict())
+            once = method.pop(WRITE_ONCE, None)
+            reference = None
+            if once is not None:  # never-changing per-sample tensors: their own file, written once per run
+                identity = tuple((key, id(value)) for key, value in sorted(once.items()))
+                written = self._write_once
+                if written is None or written[0] != identity:
+                    previous = None if written is None else written[1]
+                    if previous is None or not ckpt.blob_matches(previous, once, path.parent):
+                        previous = ckpt.save_blob(once, path.parent)
+                    written = self._write_once = (identity, previous)
+                reference = written[1]
+            optimizer = self._classifier.optimizer
             state = {
                 "format": ckpt.FORMAT_VERSION,
                 "trainer": type(self).__name__,
                 "epoch": epoch,
                 "batch": batch,
                 "model": self._classifier.model.state_dict(),
-                "optimizer": self._classifier.optimizer.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "optimizer_class": f"{type(optimizer).__module__}.{type(optimizer).__qualname__}",
                 "scheduler": scheduler.state_dict() if hasattr(scheduler, "state_dict") else None,
+                "scheduler_class": None if scheduler is None else type(scheduler).__qualname__,
                 "scaler": self._scaler.state_dict() if self._scaler is not None else None,
                 "history": self.history,
                 "stopped": self._stop,
                 "rng": ckpt.rng_state(),
                 "shuffle_rng": self._shuffle_generator.get_state(),
-                "method": self.state_dict(),
+                "method": method,
+                "write_once": reference,
+                "fingerprint": self._fingerprint,
             }
             ckpt.save_atomic(state, path)
+            if once is not None and batch is None:
+                ckpt.remove_unreferenced_blobs(path.parent)
         if self._dist is not None:
             self._dist.barrier()
 
-    def _load_checkpoint(self, path: Path, scheduler: Any) -> tuple[int, bool]:
-        state = ckpt.load(path, map_location=self.device)
+    def _check_resumable(self, state: dict[str, Any], path: Path, scheduler: Any) -> None:
+        """Everything a resume needs, checked before any state is changed (a refused resume changes nothing)."""
         if state["trainer"] != type(self).__name__:
             raise ValueError(f"Checkpoint {path} was written by {state['trainer']}, not {type(self).__name__}.")
         if state["batch"] is not None:
             raise ValueError(f"{path} is an emergency checkpoint (mid-epoch); resume from {ckpt.CHECKPOINT_NAME}.")
-        self._classifier.model.load_state_dict(state["model"])
-        self._classifier.optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state["scheduler"] is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        if self._scaler is not None and state["scaler"] is not None:
-            self._scaler.load_state_dict(state["scaler"])
+        saved, current = state.get("fingerprint"), self._fingerprint
+        if saved is not None and current is not None:
+            problems = []
+            if saved.get("data") != current.get("data"):
+                problems.append(f"the training data differ (checkpoint: {saved.get('data')}, now: "
+                                f"{current.get('data')})")
+            before, now = saved.get("settings", {}), current.get("settings", {})
+            for key in sorted(set(before) | set(now)):
+                if before.get(key) != now.get(key):
+                    problems.append(f"`{key}` was {before.get(key)!r}, now {now.get(key)!r}")
+            for key in ("shuffle", "drop_last"):
+                if key in saved and saved.get(key) != current.get(key):
+                    problems.append(f"`{key}` was {saved[key]!r}, now {current.get(key)!r}")
+            if problems:
+                raise ValueError(
+                    f"Cannot resume from {path}: it was written for another run: {'; '.join(problems)}. Resume with "
+                    "the same data and settings, or start a new run (another checkpoint_dir, or resume=False)."
+                )
+            if saved.get("batch_size") != current.get("batch_size"):
+                warnings.warn(
+                    f"Resuming {path} with batch_size={current.get('batch_size')}, but it was written with "
+                    f"batch_size={saved.get('batch_size')}: training continues with the new batch size, so the run "
+                    "will not reproduce an uninterrupted one.", UserWarning, stacklevel=5)
+        model = self._classifier.model.state_dict()
+        weights = state["model"]
+        missing = sorted(set(model) - set(weights))
+        unexpected = sorted(set(weights) - set(model))
+        shapes = [f"{k}: {tuple(weights[k].shape)} vs {tuple(model[k].shape)}" for k in model
+                  if k in weights and tuple(weights[k].shape) != tuple(model[k].shape)]
+        if missing or unexpected or shapes:
+            details = [f"{label} {items[:5]}{' ...' if len(items) > 5 else ''}" for label, items in
+                       (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)) if items]
+            raise ValueError(f"Checkpoint {path} does not fit this model (another architecture?): "
+                             f"{'; '.join(details)}. Nothing was loaded.")
+        optimizer = self._classifier.optimizer
+        kind = f"{type(optimizer).__module__}.{type(optimizer).__qualname__}"
+        saved_kind = state.get("optimizer_class")
+        groups, saved_groups = optimizer.param_groups, state["optimizer"]["param_groups"]
+        if saved_kind is not None and saved_kind != kind:
+            raise ValueError(f"Checkpoint {path} holds the state of a {saved_kind}, but the classifier's optimizer is "
+                             f"a {kind}. Nothing was loaded.")
+        if len(groups) != len(saved_groups) or any(len(g["params"]) != len(s["params"])
+                                                   for g, s in zip(groups, saved_groups, strict=False)):
+            raise ValueError(f"Checkpoint {path}: the optimizer's parameter groups "
+                             f"{[len(g['params']) for g in groups]} differ from the saved "
+                             f"{[len(g['params']) for g in saved_groups]}. Nothing was loaded.")
+        if saved_kind is None and any(set(g) != set(s) for g, s in zip(groups, saved_groups, strict=True)):
+            raise ValueError(f"Checkpoint {path} holds the state of another optimizer type (its options "
+                             f"{sorted(set(saved_groups[0]) - {'params'})} differ). Nothing was loaded.")
+        saved_scheduler = state.get("scheduler_class")
+        if scheduler is not None and saved_scheduler is not None and saved_scheduler != type(scheduler).__qualname__:
+            raise ValueError(f"Checkpoint {path} holds the state of a {saved_scheduler} scheduler, not of a "
+                             f"{type(scheduler).__qualname__}. Nothing was loaded.")
+        if saved is not None and current is not None and saved.get("lr") != current.get("lr"):
+            warnings.warn(
+                f"Resuming {path}: the run started with learning rate(s) {saved.get('lr')}, the optimizer given now "
+                f"has {current.get('lr')}; the checkpoint's learning rates (and schedule) replace them. To change "
+                "the learning rate of a resumed run, set it in a callback after the first resumed epoch.",
+                UserWarning, stacklevel=5)
+            current["lr"] = saved.get("lr")  # what the run started with, in its later checkpoints too
+
+    def _load_checkpoint(self, path: Path, scheduler: Any) -> tuple[int, bool]:
+        state = ckpt.load(path, map_location=self.device)
+        self._check_resumable(state, path, scheduler)
+        method = dict(state["method"])
+        if state.get("write_once") is not None:  # verified (SHA-256) before it is read
+            method[WRITE_ONCE] = ckpt.load_blob(state["write_once"], path.parent, map_location="cpu")
+        backup = self._backup(scheduler)
+        try:
+            self._classifier.model.load_state_dict(state["model"])
+            self._classifier.optimizer.load_state_dict(state["optimizer"])
+            if scheduler is not None and state["scheduler"] is not None:
+                scheduler.load_state_dict(state["scheduler"])
+            if self._scaler is not None and state["scaler"] is not None:
+                self._scaler.load_state_dict(state["scaler"])
+            self.load_state_dict(method)
+        except BaseException:
+            self._restore_backup(backup, scheduler)
+            raise
         self.history = list(state["history"])
         ckpt.set_rng_state(state["rng"])
         self._shuffle_generator.set_state(state["shuffle_rng"].cpu())
-        self.load_state_dict(state["method"])
+        # Not rewritten unless the method makes new tensors (checked by content at the next write).
+        self._write_once = None if state.get("write_once") is None else (None, state["write_once"])
         return int(state["epoch"]), bool(state.get("stopped", False))
+
+    def _backup(self, scheduler: Any) -> dict[str, Any]:
+        cpu = ckpt.cpu_copy
+        return {"modules": [cpu(m.state_dict()) for m in self._checkpointed_modules()],
+                "optimizer": cpu(self._classifier.optimizer.state_dict()),
+                "scheduler": cpu(scheduler.state_dict()) if hasattr(scheduler, "state_dict") else None,
+                "method": cpu({k: v for k, v in self.state_dict().items() if k != WRITE_ONCE})}
+
+    def _checkpointed_modules(self) -> list[torch.nn.Module]:
+        modules = [self._classifier.model]
+        return modules + [m for m in self.trained_modules() if all(m is not other for other in modules)]
+
+    def _restore_backup(self, backup: dict[str, Any], scheduler: Any) -> None:
+        for module, saved in zip(self._checkpointed_modules(), backup["modules"], strict=True):
+            module.load_state_dict(saved)
+        self._classifier.optimizer.load_state_dict(backup["optimizer"])
+        if backup["scheduler"] is not None:
+            scheduler.load_state_dict(backup["scheduler"])
+        with contextlib.suppress(Exception):
+            self.load_state_dict(backup["method"])

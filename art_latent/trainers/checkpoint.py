@@ -7,24 +7,31 @@ A checkpoint holds only tensors and plain Python containers and numbers, so it i
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import logging
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 import torch
 
+from art_latent.io import atomic_path, sha256_file
+from art_latent.trainers.interrupts import deferred_sigterm
+
 logger = logging.getLogger(__name__)
 
-#: Bumped when the layout of the checkpoint dict changes incompatibly.
-FORMAT_VERSION = 2
+#: Bumped when the layout of the checkpoint dict changes (3: checksum, fingerprint, write-once state file).
+FORMAT_VERSION = 3
+#: Formats :func:`load` reads (2: no checksum, no fingerprint).
+READABLE_FORMATS = (2, 3)
 #: The latest complete checkpoint in ``checkpoint_dir``.
 CHECKPOINT_NAME = "checkpoint.pt"
 #: Written when training stops on a non-finite loss or gradient: the last good state.
 EMERGENCY_NAME = "emergency.pt"
+#: Prefix of the write-once per-sample state files (see :func:`save_blob`).
+STATE_PREFIX = "per_sample_state"
 
 
 def rng_state() -> dict[str, Any]:
@@ -91,55 +98,181 @@ def plain(value: Any) -> Any:
     return value
 
 
+def content_digest(value: Any) -> str:
+    """
+    A BLAKE2b digest of a checkpoint's content: every key, number, string and tensor (dtype, shape and bytes), in
+    order. Stored in the checkpoint and compared on load, it detects a flipped bit anywhere in the data.
+
+    :param value: The checkpoint dict (as :func:`plain` returns it).
+    :return: Hex digest.
+    """
+    digest = hashlib.blake2b(digest_size=32)
+
+    def feed(item: Any) -> None:
+        if isinstance(item, torch.Tensor):
+            tensor = item.detach().cpu().contiguous()
+            digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
+            if tensor.numel():
+                digest.update(tensor.reshape(-1).view(torch.uint8).numpy().data)
+        elif isinstance(item, dict):
+            digest.update(f"D{len(item)}".encode())
+            for key, entry in item.items():
+                feed(key)
+                feed(entry)
+        elif isinstance(item, list | tuple):
+            digest.update(f"L{len(item)}".encode())
+            for entry in item:
+                feed(entry)
+        else:
+            digest.update(f"{type(item).__name__}:{item!r};".encode())
+
+    feed(value)
+    return digest.hexdigest()
+
+
+def cpu_copy(value: Any) -> Any:
+    """
+    A copy of a state (nested containers of tensors) with every tensor cloned to the CPU: a backup that later
+    in-place updates of the live state cannot change.
+
+    :param value: A ``state_dict`` or nested containers.
+    :return: The copy (dict subclasses and a module state_dict's ``_metadata`` kept).
+    """
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        items = ((k, cpu_copy(v)) for k, v in value.items())
+        try:
+            result = type(value)(items)
+        except TypeError:
+            result = dict(items)
+        if hasattr(value, "_metadata"):
+            result._metadata = copy.deepcopy(value._metadata)  # type: ignore[attr-defined]
+        return result
+    if isinstance(value, list | tuple):
+        return type(value)(cpu_copy(v) for v in value)
+    return copy.deepcopy(value)
+
+
 def save_atomic(state: dict[str, Any], path: Path) -> None:
     """
-    Write `state` to `path` through a temporary file and a rename: a crash mid-write leaves the previous file intact.
+    Write `state` to `path` through a temporary file and a rename: a crash mid-write leaves the previous file
+    intact, and a SIGTERM during the write takes effect once the file is complete. A checksum of the content is
+    stored with it (see :func:`load`).
 
     :param state: The checkpoint dict.
     :param path: The destination file.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)  # unique per writer
-    tmp = Path(name)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(plain(state), file)
-            file.flush()
-            os.fsync(file.fileno())  # on disk before the rename: a machine crash cannot leave a truncated file
-        os.replace(tmp, path)
-        _fsync_directory(path.parent)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    state = plain(state)
+    state["checksum"] = content_digest(state)
+    with deferred_sigterm(), atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # e.g. Windows: directories cannot be opened
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def save_blob(tensors: dict[str, torch.Tensor], directory: Path) -> dict[str, Any]:
+    """
+    Write per-sample tensors that never change during a run (precomputed pairs, fixed noise) once, to their own
+    file ``per_sample_state-<sha256 prefix>.pt``; checkpoints refer to it by name and SHA-256 instead of holding
+    (and rewriting) them every epoch.
+
+    :param tensors: The tensors (moved to the CPU for writing).
+    :param directory: The checkpoint directory.
+    :return: ``{"file", "sha256", "keys"}``, stored in the checkpoints.
+    """
+    state = {key: value.detach().cpu() for key, value in tensors.items()}
+    name = _blob_name(state)
+    with deferred_sigterm(), atomic_path(directory / name) as tmp:
+        torch.save(state, tmp)
+        sha = sha256_file(tmp)
+    return {"file": name, "sha256": sha, "keys": sorted(state)}
+
+
+def _blob_name(state: dict[str, torch.Tensor]) -> str:
+    return f"{STATE_PREFIX}-{content_digest(state)[:16]}.pt"
+
+
+def blob_matches(reference: dict[str, Any], tensors: dict[str, torch.Tensor], directory: Path) -> bool:
+    """
+    Whether the file `reference` names exists and holds `tensors` (compared by content digest, not re-read).
+
+    :param reference: What :func:`save_blob` returned.
+    :param tensors: The method's current write-once tensors.
+    :param directory: The checkpoint directory.
+    :return: ``True`` when nothing needs to be written.
+    """
+    name = reference.get("file")
+    return (directory / str(name)).is_file() and name == _blob_name(
+        {key: value.detach().cpu() for key, value in tensors.items()})
+
+
+def load_blob(reference: dict[str, Any], directory: Path, map_location: torch.device | str | None = None
+              ) -> dict[str, torch.Tensor]:
+    """
+    Read what :func:`save_blob` wrote, after checking the file's SHA-256 (before anything is deserialized).
+
+    :param reference: What :func:`save_blob` returned (from a checkpoint).
+    :param directory: The checkpoint directory.
+    :param map_location: Where to put the tensors.
+    :return: The tensors.
+    :raises ValueError: If the file is missing, its name is not one :func:`save_blob` writes, or its hash differs.
+    """
+    name = str(reference.get("file", ""))
+    if not name.startswith(f"{STATE_PREFIX}-") or "/" in name or "\\" in name or ".." in name:
+        raise ValueError(f"The checkpoint names an unexpected per-sample state file {name!r}.")
+    path = directory / name
+    if not path.is_file():
+        raise ValueError(f"The checkpoint's per-sample state file {path} is missing.")
+    if sha256_file(path) != reference.get("sha256"):
+        raise ValueError(f"{path} does not match the SHA-256 recorded in the checkpoint: it is corrupted or was "
+                         "replaced. Start a new run (another checkpoint_dir or resume=False).")
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(state, dict) or sorted(state) != list(reference.get("keys", [])):
+        raise ValueError(f"{path} does not hold the per-sample tensors {reference.get('keys')}.")
+    return state
+
+
+def remove_unreferenced_blobs(directory: Path) -> None:
+    """
+    Delete ``per_sample_state-*.pt`` files that neither ``checkpoint.pt`` nor ``emergency.pt`` refers to (left by
+    an earlier run in the directory, or by a run killed between writing its state file and its checkpoint).
+
+    :param directory: The checkpoint directory.
+    """
+    keep = set()
+    for name in (CHECKPOINT_NAME, EMERGENCY_NAME):
+        path = directory / name
+        if path.is_file():
+            try:
+                state = load(path)
+            except ValueError:
+                return  # an unreadable checkpoint: leave everything for the user to inspect
+            if isinstance(state.get("write_once"), dict):
+                keep.add(state["write_once"].get("file"))
+    for path in directory.glob(f"{STATE_PREFIX}-*.pt"):
+        if path.name not in keep and path.is_file() and not path.is_symlink():
+            path.unlink()
+            logger.info("Removed %s: no checkpoint refers to it.", path)
 
 
 def load(path: Path, map_location: torch.device | str | None = None) -> dict[str, Any]:
     """
-    Read a checkpoint with ``torch.load(weights_only=True)``.
+    Read a checkpoint with ``torch.load(weights_only=True)`` and verify its checksum.
 
     :param path: The checkpoint file.
     :param map_location: Where to put the tensors.
     :return: The checkpoint dict.
-    :raises ValueError: If the file is not an art_latent checkpoint of this format.
+    :raises ValueError: If the file is not an art_latent checkpoint of this format, or its content does not match
+                        its checksum (a corrupted file).
     """
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
         raise ValueError(f"Cannot read checkpoint {path} safely (weights_only=True): {error}") from error
-    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
+    if not isinstance(state, dict) or state.get("format") not in READABLE_FORMATS:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise ValueError(f"{path} is not an art_latent checkpoint of format {FORMAT_VERSION} (found {found!r}).")
+    checksum = state.pop("checksum", None)
+    if state["format"] >= 3 and checksum != content_digest(state):
+        raise ValueError(f"{path} is corrupted: its content does not match its checksum. Resume from an intact "
+                         "checkpoint or start a new run.")
     return state

@@ -18,7 +18,7 @@ from art_latent.perturbations import (
     budget_pairs,
 )
 from art_latent.regularizers import NORMALIZATIONS, latent_disparity
-from art_latent.trainers.base import Batch, LatentTrainer
+from art_latent.trainers.base import WRITE_ONCE, Batch, LatentTrainer
 from art_latent.validation import check_choice, check_int, check_range
 
 logger = logging.getLogger(__name__)
@@ -177,10 +177,12 @@ class HLDRTrainer(LatentTrainer):
 
     def state_dict(self) -> dict[str, Any]:
         # Precomputed pairs were made on the *starting* model: a resumed run must reuse them, not remake them.
+        # They never change: written once per run, not into every checkpoint.
         if self.regenerate == "never" and self._current is not None:
-            return {"pairs": {k: v.detach().cpu() for k, v in self._current.items()}}
+            return {WRITE_ONCE: self._current}
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "pairs" in state:
-            self._restored = state["pairs"]
+        pairs = state.get(WRITE_ONCE, state.get("pairs"))  # "pairs": checkpoints of format 2
+        if pairs is not None:
+            self._restored = pairs

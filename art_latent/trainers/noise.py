@@ -14,7 +14,7 @@ import torch
 from art_latent.estimator import LatentClassifier
 from art_latent.perturbations import GaussianNoiseSource
 from art_latent.regularizers.stability import stability_kl
-from art_latent.trainers.base import Batch, LatentTrainer
+from art_latent.trainers.base import WRITE_ONCE, Batch, LatentTrainer
 from art_latent.validation import check_range
 
 logger = logging.getLogger(__name__)
@@ -98,12 +98,13 @@ class GaussianNoiseTrainer(LatentTrainer):
     def state_dict(self) -> dict[str, Any]:
         # A resumed run must reuse the fixed noisy copies, not draw new ones.
         if self.fixed_noise and self._x_noisy is not None:
-            return {"x_noisy": self._x_noisy.detach().cpu()}
+            return {WRITE_ONCE: {"x_noisy": self._x_noisy}}  # never changes: written once per run
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "x_noisy" in state:
-            self._restored = state["x_noisy"]
+        noisy = state.get(WRITE_ONCE, state)  # top-level "x_noisy": checkpoints of format 2
+        if "x_noisy" in noisy:
+            self._restored = noisy["x_noisy"]
 
 
 class StabilityTrainer(LatentTrainer):
