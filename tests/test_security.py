@@ -175,3 +175,58 @@ def test_report_of_a_missing_or_foreign_directory_says_so(tmp_path):
     (tmp_path / "config.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="not a configuration"):
         render_report(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------------- every loader
+
+def _payload_file(tmp_path: Path, wrap=lambda payload: payload) -> tuple[Path, Path]:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "crafted.pt"
+    torch.save(wrap(_Payload(marker)), path)
+    return path, marker
+
+
+def _load_checkpoint(path: Path) -> None:
+    from art_latent.trainers import checkpoint as ckpt
+
+    ckpt.load(path)
+
+
+def _load_blob(path: Path) -> None:
+    from art_latent.io import sha256_file
+    from art_latent.trainers import checkpoint as ckpt
+
+    name = f"{ckpt.STATE_PREFIX}-0000.pt"
+    path.rename(path.with_name(name))
+    target = path.with_name(name)
+    ckpt.load_blob({"file": name, "sha256": sha256_file(target), "keys": ["x"]}, target.parent)
+
+
+def _load_denoiser(path: Path) -> None:
+    from art_latent.defences import FeatureGuidedDenoiser
+
+    FeatureGuidedDenoiser.load(path, device_type="cpu")
+
+
+def _lsa_cli(path: Path) -> None:
+    from art_latent.cli import main
+
+    if main(["lsa", str(path), "--model", "small_cnn", "--samples", "8", "--out", str(path.parent / "lsa")]) != 0:
+        raise ValueError("refused")
+
+
+@pytest.mark.parametrize("loader", [_load_checkpoint, _load_blob, _load_denoiser, _lsa_cli],
+                         ids=["checkpoint", "per-sample-state", "denoiser", "lsa-cli"])
+def test_no_loader_runs_code_from_a_crafted_file(tmp_path, loader):
+    path, marker = _payload_file(tmp_path, lambda payload: {"format": 3, "state_dict": payload, "config": payload})
+    with pytest.raises((ValueError, RuntimeError, SystemExit, Exception)):
+        loader(path)
+    assert not marker.exists()
+
+
+def test_a_per_sample_state_file_name_from_a_checkpoint_cannot_leave_the_directory(tmp_path):
+    from art_latent.trainers import checkpoint as ckpt
+
+    for name in ("../../etc/passwd", "/etc/passwd", "per_sample_state-../../x.pt", "other.pt"):
+        with pytest.raises(ValueError, match="unexpected per-sample state file"):
+            ckpt.load_blob({"file": name, "sha256": "0", "keys": []}, tmp_path)

@@ -205,8 +205,11 @@ class FeatureGuidedDenoiser(PreprocessorPyTorch):
 
         :param path: The file to write (``torch.save`` format).
         """
-        torch.save({"config": self.config, "state_dict": self.network.state_dict(), "is_fitted": self.is_fitted},
-                   path)
+        from art_latent.io import atomic_path
+
+        with atomic_path(path) as tmp:
+            torch.save({"config": self.config, "state_dict": self.network.state_dict(), "is_fitted": self.is_fitted},
+                       tmp)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device_type: str = "gpu") -> FeatureGuidedDenoiser:
