@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from art_latent.io import atomic_write, save_figure
+from art_latent.weights import save_weights
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +104,9 @@ def run_demo(
         print(f"Pre-training {model} (width {width}) on {len(x_pre)} {dataset} images for {pretrain_epochs} epochs")
     LatentTrainer(clf, seed=seed).fit(x_pre, y_pre, batch_size=batch_size, nb_epochs=pretrain_epochs, verbose=verbose)
     pretrained = {k: v.detach().clone() for k, v in base.state_dict().items()}
+    meta: dict[str, Any] = {"model": model, "model_kwargs": {"width": width} if model.startswith("vgg") else {},
+                            "dataset": dataset, "input_shape": data.input_shape, "nb_classes": data.nb_classes}
+    saved = [save_weights(out / "pretrained.pt", pretrained, **meta, seed=seed, epochs=pretrain_epochs)]
 
     eps_list = [e / 255 for e in eps_list_255]
     budgets = (0.0, 16 / 255, 32 / 255)
@@ -136,13 +140,15 @@ def run_demo(
             verbose=verbose,
         )
         results["defenses"][name] = {"accuracy": curve, "fit_seconds": fit_seconds, "history": history}
+        saved.append(save_weights(out / f"{name.lower()}.pt", net.state_dict(), **meta, seed=seed, defense=name,
+                                  epochs=epochs))
 
     results["seconds"] = time.perf_counter() - started
     atomic_write(out / "results.json", json.dumps(results, indent=2))
     table = format_table(results)
     atomic_write(out / "results.md", table + "\n")
     plot_path = _plot(results, out / "accuracy_vs_eps.png")
-    results["files"] = [str(out / "results.json"), str(out / "results.md"), str(plot_path)]
+    results["files"] = [str(out / "results.json"), str(out / "results.md"), str(plot_path), *map(str, saved)]
     return results
 
 

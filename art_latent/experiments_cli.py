@@ -10,7 +10,7 @@ import logging
 import time
 from typing import Any
 
-from art_latent.cli_types import positive_int
+from art_latent.cli_types import HelpFormatter, positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -30,9 +30,10 @@ def add_benchmark_parsers(subparsers: Any) -> None:
         description="Pre-train once, then per stratified fold fine-tune every defense of the config from the same "
                     "weights and evaluate it; writes per-fold JSON, results.json, figures and report.md to --out. "
                     "An interrupted run resumes after its last finished fold.",
+        formatter_class=HelpFormatter,
     )
     bench.add_argument("--config", required=True, help="TOML configuration, e.g. configs/quick.toml.")
-    bench.add_argument("--out", default="results", help="Output directory (default: results).")
+    bench.add_argument("--out", default="results", help="Output directory.")
     bench.add_argument("--restart", action="store_true",
                        help="Discard the finished folds and pre-trained weights in --out instead of resuming.")
     bench.add_argument("--folds", type=positive_int, default=None,
@@ -45,6 +46,9 @@ def add_benchmark_parsers(subparsers: Any) -> None:
     report = subparsers.add_parser(
         "report",
         help="Re-render report.md, results.json and the figures of a benchmark run from its JSON files.",
+        description="Re-render report.md, results.json and the figures of a benchmark run from its JSON files "
+                    "(written inside RESULTS only).",
+        formatter_class=HelpFormatter,
     )
     report.add_argument("results", help="The --out directory of `art-latent benchmark`.")
     report.set_defaults(handler=run_report_command)
@@ -69,7 +73,7 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, path=args.data_path))
     if args.folds is not None:
         if args.folds > config.protocol.folds:
-            raise SystemExit(f"--folds {args.folds} exceeds the {config.protocol.folds} folds of the config.")
+            raise ValueError(f"--folds {args.folds} exceeds the {config.protocol.folds} folds of the config.")
         config = dataclasses.replace(config, protocol=dataclasses.replace(config.protocol, run_folds=args.folds))
     started = time.perf_counter()
     results = run_benchmark(config, args.out, resume=not args.restart, verbose=not args.quiet)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -16,8 +17,9 @@ from helpers import make_classifier
 from torch import nn
 
 from art_latent.analysis.lsa import LayerSustainabilityAnalysis, LSAResult, NoiseSource, learnable_layers, rg_score
+from art_latent.cli import main as cli_main
 from art_latent.estimator import LatentClassifier
-from art_latent.lsa_cli import add_lsa_parser, main_lsa
+from art_latent.lsa_cli import add_lsa_parser
 from art_latent.models import SmallCNN
 from art_latent.perturbations import GaussianNoiseSource, TorchGradientAttack, as_perturbation_source
 from art_latent.regularizers.relative_error import layerwise_relative_error, relative_error
@@ -415,18 +417,24 @@ def _lsa_args(*argv):
     return parser.parse_args(["lsa", *argv])
 
 
+def _lsa(*argv) -> int:
+    return cli_main(["lsa", *argv])
+
+
 def test_cli_lsa(tmp_path, capsys):
     torch.manual_seed(0)
     weights = tmp_path / "small.pt"
     torch.save(SmallCNN(channels=(4, 8), hidden=16).state_dict(), weights)
     with pytest.raises(RuntimeError):  # the CLI builds SmallCNN with its defaults: a mismatch is reported
         SmallCNN().load_state_dict(torch.load(weights, weights_only=True))
-    args = _lsa_args(str(weights), "--model", "small_cnn", "--samples", "30", "--noise", "salt", "--attack", "fgsm",
-                     "--out", str(tmp_path / "out"), "--device", "cpu", "--quiet")
-    assert main_lsa(args) == 2 and "check --model" in capsys.readouterr().err
+    args = (str(weights), "--model", "small_cnn", "--samples", "30", "--noise", "salt", "--attack", "fgsm",
+            "--out", str(tmp_path / "out"), "--device", "cpu", "--quiet")
+    assert _lsa(*args) == 2
+    err = capsys.readouterr().err
+    assert "do not fit small_cnn" in err and len(err.strip().splitlines()) == 1  # one line, no traceback
 
     torch.save(SmallCNN().state_dict(), weights)
-    assert main_lsa(args) == 0
+    assert _lsa(*args) == 0
     printed = capsys.readouterr().out
     assert "features.0.act" in printed and "most vulnerable" in printed
     data = json.loads((tmp_path / "out" / "lsa.json").read_text())
@@ -437,10 +445,12 @@ def test_cli_lsa(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("argv", "match"),
     [
-        (["missing.pt", "--model", "small_cnn"], "No weights file"),
+        (["missing.pt", "--model", "small_cnn"], "missing.pt does not exist"),
         (["WEIGHTS", "--model", "small_cnn", "--noise", "poisson"], "Unknown noise"),
         (["WEIGHTS", "--model", "small_cnn", "--noise", "none", "--attack", "none"], "Nothing to analyse"),
-        (["NOT_A_STATE_DICT", "--model", "small_cnn"], "not a state_dict"),
+        (["NOT_A_STATE_DICT", "--model", "small_cnn"], "cannot be read safely"),
+        (["WEIGHTS"], "give --model"),
+        (["WEIGHTS", "--model", "small_cnn", "--eps", "8"], "did you mean 8/255"),
     ],
 )
 def test_cli_lsa_errors(tmp_path, capsys, argv, match):
@@ -449,7 +459,9 @@ def test_cli_lsa_errors(tmp_path, capsys, argv, match):
     other = tmp_path / "other.pt"
     torch.save({"rng": np.random.get_state()}, other)
     argv = [str(weights) if a == "WEIGHTS" else str(other) if a == "NOT_A_STATE_DICT" else a for a in argv]
-    assert main_lsa(_lsa_args(*argv, "--out", str(tmp_path / "o"), "--device", "cpu")) == 2
-    assert match in capsys.readouterr().err
+    with contextlib.suppress(SystemExit):  # argparse errors exit 2 themselves
+        assert _lsa(*argv, "--out", str(tmp_path / "o"), "--device", "cpu") == 2
+    err = capsys.readouterr().err
+    assert match in err and "Traceback" not in err
     with pytest.raises(SystemExit):
         _lsa_args(str(weights), "--model", "resnet")

@@ -271,10 +271,11 @@ def pretrain(
             "history": [{k: v for k, v in h.items() if k != "time_s"} for h in history],
             "seconds": time.perf_counter() - started}
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        from art_latent.trainers.checkpoint import plain, save_atomic
+        from art_latent.weights import save_weights
 
-        save_atomic(plain({"digest": digest, "state_dict": state, "info": info}), path)
+        save_weights(path, state, model=config.model.name, model_kwargs=config.model.kwargs,
+                     dataset=config.data.dataset, input_shape=pool.input_shape, nb_classes=pool.nb_classes,
+                     digest=digest, info=info)
         write_json({"digest": digest, "sha256": _sha256(path)}, path.with_name(path.name + ".json"))
     return state, info
 

@@ -267,7 +267,10 @@ def load(path: Path, map_location: torch.device | str | None = None) -> dict[str
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
-        raise ValueError(f"Cannot read checkpoint {path} safely (weights_only=True): {error}") from error
+        from art_latent.weights import unpickling_reason
+
+        raise ValueError(f"Cannot read checkpoint {path} safely (weights_only=True): {unpickling_reason(error)}") \
+            from error
     if not isinstance(state, dict) or state.get("format") not in READABLE_FORMATS:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise ValueError(f"{path} is not an art_latent checkpoint of format {FORMAT_VERSION} (found {found!r}).")
