@@ -177,7 +177,7 @@ def _plot(results: dict[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = plt.subplots(figsize=(6.4, 3.5))
     for name, res in results["defenses"].items():
         ax.plot(results["eps_255"], res["accuracy"], marker="o", label=name)
     ax.set_xlabel("FGSM budget eps (x 1/255)")
@@ -185,7 +185,7 @@ def _plot(results: dict[str, Any], path: Path) -> Path:
     ax.set_title(f"{results['dataset']}: {results['model']} (width {results['width']})")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)  # never over the data
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)

@@ -147,7 +147,7 @@ def save_figure(figure: object, path: str | os.PathLike, dpi: int = 120) -> Path
     :return: The path.
     """
     with atomic_path(path, fsync=False) as tmp:
-        figure.savefig(os.fspath(tmp), dpi=dpi, format="png")  # type: ignore[attr-defined]
+        figure.savefig(os.fspath(tmp), dpi=dpi, format="png", bbox_inches="tight")  # type: ignore[attr-defined]
     return Path(path)
 
 

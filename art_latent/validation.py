@@ -144,3 +144,45 @@ def check_data(
     if len(y_idx) != len(x_np):
         raise ValueError(f"`{name}` has {len(x_np)} samples but `{label_name}` has {len(y_idx)} labels.")
     return x_np.astype(np.float32, copy=False), y_idx.astype(np.int64, copy=False)
+
+
+def clip_range(clip_values: Any) -> float | None:
+    """
+    The width of the input range ``max(high) - min(low)`` of a classifier's ``clip_values`` (``None`` without).
+
+    :param clip_values: ``(min, max)`` (scalars or arrays) or ``None``.
+    :return: The width, or ``None``.
+    """
+    if clip_values is None:
+        return None
+    low, high = (np.asarray(v, dtype=np.float64) for v in clip_values)
+    return float(np.max(high) - np.min(low))
+
+
+def check_budget_units(name: str, values: Any, clip_values: Any, what: str = "budget") -> None:
+    """
+    Refuse budgets larger than the whole input range: art_latent takes every budget in input units (``8 / 255`` for
+    inputs in ``[0, 1]``), so ``16`` there is a unit mix-up, not a budget.
+
+    :param name: The argument, for the message.
+    :param values: A number or numbers (a tensor or array is reduced to its maximum).
+    :param clip_values: The classifier's ``clip_values`` (no check without).
+    :param what: What the values are, for the message.
+    :raises ValueError: Naming `name`, the range and suggesting ``/255``.
+    """
+    width = clip_range(clip_values)
+    if width is None:
+        return
+    if isinstance(values, torch.Tensor):
+        items = [float(values.detach().max())] if values.numel() else []
+    else:
+        items = [float(np.max(v)) for v in (values if isinstance(values, (list, tuple)) else [values])
+                 if v is not None and np.size(v)]
+    bad = [v for v in items if math.isfinite(v) and v > width * (1 + 1e-6)]
+    if bad:
+        shown = ", ".join(f"{v:g}" for v in bad)
+        suggestion = ", ".join(f"{v:g}/255" for v in bad)
+        raise ValueError(
+            f"`{name}` has {what}(s) {shown}, larger than the whole input range {width:g} of the classifier's "
+            f"clip_values: budgets are in input units. Did you mean {suggestion} (i.e. {bad[0] / 255:.4g})?"
+        )

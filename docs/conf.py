@@ -16,6 +16,8 @@ version = release = art_latent.__version__
 extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.mathjax",
+    # MathJax 3 copied into _static/mathjax (PyPI package sphinx-mathjax-offline): equations render offline.
+    "sphinx-mathjax-offline",
     "sphinx.ext.viewcode",
 ]
 
@@ -28,10 +30,13 @@ autodoc_default_options = {"show-inheritance": True}
 
 exclude_patterns = ["_build", "_generated", "Thumbs.db", ".DS_Store"]
 templates_path: list[str] = []
+html_static_path = ["_static"]
+html_css_files = ["custom.css"]
 
 html_theme = "alabaster"
 html_title = f"art_latent {release}"
 html_theme_options = {
     "description": "Hidden-layer adversarial defenses for PyTorch models in IBM's ART",
     "fixed_sidebar": True,
+    "page_width": "1100px",  # 120-character code lines (the project's line length) fit at the default font size
 }

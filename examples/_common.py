@@ -14,6 +14,7 @@ Every example accepts
 from __future__ import annotations
 
 import argparse
+import logging
 import random
 import sys
 import time
@@ -39,6 +40,7 @@ def parse_args(doc: str | None, argv: list[str] | None = None) -> argparse.Names
     parser.add_argument("--out", type=Path, default=Path("examples_output"),
                         help="directory of the result table (.txt) and plots (.png); default examples_output/")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights, shuffling, attacks and noise")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines (one per training epoch otherwise)")
     return parser.parse_args(argv)
 
 
@@ -126,7 +128,7 @@ def save_figure(fig: Any, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # legends outside the axes stay in the file
     plt.close(fig)
     print(f"Wrote {path}")
     return path
@@ -146,14 +148,15 @@ def plot_accuracy_curves(
     budgets: list[float], curves: dict[str, list[float]], xlabel: str, title: str, path: Path
 ) -> Path:
     """Test accuracy against the attack budget, one line per model, saved to `path`."""
-    fig, ax = pyplot().subplots(figsize=(5, 3.4))
+    fig, ax = pyplot().subplots(figsize=(6.4, 3.4))
     for name, curve in curves.items():
         ax.plot(budgets, curve, marker="o", label=name)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)  # never over the data
+    fig.tight_layout()
     ax.set_title(title, fontsize=10)
     return save_figure(fig, path)
 
@@ -175,8 +178,28 @@ def small_cnn_classifier(data: Data, state: dict | None = None, sgd: bool = True
                             optimizer=optimizer, clip_values=(0.0, 1.0))
 
 
+def show_progress(quiet: bool = False) -> None:
+    """
+    One line per training epoch on stderr, with the time since the start (the trainers' one-line epoch summary on
+    the ``art_latent.trainers.base`` logger): the examples run for minutes, and this says where they are.
+    """
+    started = time.perf_counter()
+
+    class Elapsed(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            return f"[{time.perf_counter() - started:6.0f} s] {record.getMessage()}"
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(Elapsed())
+    trainer_log = logging.getLogger("art_latent.trainers.base")
+    trainer_log.handlers = [handler]
+    trainer_log.propagate = False
+    trainer_log.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
 def start(doc: str | None, script: str) -> tuple[argparse.Namespace, Data, Output]:
     """Every example's preamble: parse the command line, seed everything, load the data, prepare the output."""
     args = parse_args(doc)
+    show_progress(args.quiet)
     seed_everything(args.seed)
     return args, load_data(args.smoke), Output(args.out, script)

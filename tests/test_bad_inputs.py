@@ -351,6 +351,12 @@ TRAINER_CASES += [
     ("hldr-call-never-runs", lambda clf: HLDRTrainer(clf, _fgsm(clf), layers=["fc#1"]).fit(*_data(), verbose=False),
      ValueError, "layers"),
     ("fit-batchnorm-last-batch-of-one", _fit(x=_data(13)[0], y=_data(13)[1]), ValueError, "drop_last"),
+    ("afd-embedding-never-runs", lambda clf: AFDTrainer(_classifier_with(model=_UnusedLayerNet()), _fgsm(clf),
+                                                        embedding_layer="unused"), ValueError, "embedding_layer"),
+    ("denoiser-guide-never-runs", lambda clf: DenoiserTrainer(
+        _classifier_with(model=_UnusedLayerNet()), _denoiser(), _fgsm(clf), guide_layer="unused").fit(
+        *_data(), verbose=False), ValueError, "guide_layer"),
+    ("fit-checkpoint-null-byte", _fit(checkpoint_dir="a\0b"), ValueError, "checkpoint_dir"),
     ("fit-nb-classes-smaller", lambda clf: LatentTrainer(_classifier_with(2)).fit(
         _data()[0], _data()[1] % 2, verbose=False), ValueError, "nb_classes"),
 ]
@@ -373,3 +379,38 @@ def test_a_batchnorm_last_batch_of_one_trains_with_drop_last():
     x, y = _data(13)
     history = LatentTrainer(clf).fit(x, y, nb_epochs=1, batch_size=4, drop_last=True, verbose=False)
     assert len(history) == 1
+
+
+# ---------------------------------------------------------------------------------------------------- units
+# Every budget is in input units (8/255 for inputs in [0, 1]); a budget larger than the whole input range is a unit
+# mix-up, refused before any work with the suggestion /255.
+
+UNIT_CASES: list[tuple[str, Callable[[LatentClassifier], Any], type[Exception], str]] = [
+    ("units-hldr-budgets", lambda clf: HLDRTrainer(clf, _fgsm(clf), budgets=(0, 16, 32)), ValueError, "budgets"),
+    ("units-hldr-noise", lambda clf: HLDRTrainer(clf, _fgsm(clf), noise_sigma=32), ValueError, "noise_sigma"),
+    ("units-attack-eps", lambda clf: HLDRTrainer(clf, FastGradientMethod(clf, eps=16)), ValueError, "attack"),
+    ("units-afd-attack", lambda clf: AFDTrainer(clf, FastGradientMethod(clf, eps=8)), ValueError, "attack"),
+    ("units-validation-attack", lambda clf: LatentTrainer(clf, validation_attack=FastGradientMethod(clf, eps=8)),
+     ValueError, "validation_attack"),
+    ("units-agnt-sigma", lambda clf: GaussianNoiseTrainer(clf, sigma=16), ValueError, "sigma"),
+    ("units-stability-sigma", lambda clf: StabilityTrainer(clf, sigma=16), ValueError, "sigma"),
+    ("units-denoiser-budgets", lambda clf: DenoiserTrainer(clf, _denoiser(), _fgsm(clf), budgets=(0, 8)), ValueError,
+     "budgets"),
+    ("units-report-eps", lambda clf: RobustnessReport(eps_list=[0, 8, 16], attacks=("fgsm",), verbose=False)
+     .evaluate({"undefended": clf}, *_data()), ValueError, "eps_list"),
+    ("units-nb-classes-predict", lambda clf: _classifier_with(5).predict(_data()[0]), ValueError, "nb_classes"),
+]
+
+
+@pytest.mark.parametrize(("call", "error", "argument"), [case[1:] for case in UNIT_CASES],
+                         ids=[c[0] for c in UNIT_CASES])
+def test_budgets_in_the_wrong_units_are_refused(call, error, argument):
+    test_bad_input_is_rejected_naming_the_argument(call, error, argument)
+
+
+def test_the_unit_error_suggests_dividing_by_255():
+    clf = make_classifier()
+    with pytest.raises(ValueError, match=r"`budgets` has budget\(s\) 16, 32, larger than the whole input range 1.*"
+                                         r"Did you mean 16/255, 32/255"):
+        HLDRTrainer(clf, _fgsm(clf), budgets=(0, 16, 32))
+    HLDRTrainer(clf, _fgsm(clf), budgets=(0, 1.0))  # the whole range is still a (large) budget

@@ -24,6 +24,8 @@ import re
 from functools import cache
 from pathlib import Path
 
+import pytest
+
 import art_latent
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -365,3 +367,15 @@ def test_every_defense_has_a_parameter_table():
     tabulated = {target.rpartition(".")[2] for _, target, _ in parameter_tables()}
     wanted = {name for name in art_latent._EXPORTS if name.endswith("Trainer")} | set(TABULATED)
     assert not wanted - tabulated, f"no parameter table in docs/ for {sorted(wanted - tabulated)}"
+
+
+def test_the_built_docs_render_math_offline():
+    """The equations use the MathJax copy in _static (sphinx-mathjax-offline), never a CDN; long code lines wrap."""
+    built = Path(__file__).resolve().parents[1] / "docs" / "_build" / "html"
+    if not (built / "index.html").exists():
+        pytest.skip("the docs are not built (CI builds them before the tests: sphinx-build -W -b html docs ...)")
+    page = (built / "defenses" / "afd.html").read_text()
+    assert 'src="../_static/mathjax/tex-chtml.js"' in page and "\\(" in page
+    assert (built / "_static" / "mathjax" / "output" / "chtml" / "fonts" / "woff-v2").is_dir()
+    assert not [p.name for p in built.rglob("*.html") if "cdn.jsdelivr" in p.read_text() or "mathjax@" in p.read_text()]
+    assert "pre-wrap" in (built / "_static" / "custom.css").read_text()

@@ -251,3 +251,163 @@ def test_sigterm_during_a_checkpoint_write_exits_143_with_a_complete_checkpoint(
     state = ckpt.load(tmp_path / "ckpt" / ckpt.CHECKPOINT_NAME)
     assert state["epoch"] == 1
     assert not list((tmp_path / "ckpt").glob("*.tmp"))
+
+
+# ---------------------------------------------------------------------------------------------------- review findings
+
+def test_a_last_batch_of_one_is_refused_before_a_resume_loads_anything(tmp_path):
+    x, y = _data(33)
+    _hldr().fit(x, y, nb_epochs=1, batch_size=16, checkpoint_dir=tmp_path / "ckpt", verbose=False)  # 66 pairs
+    trainer = _hldr()
+    trainer.fit(*_data(33, seed=1), nb_epochs=1, batch_size=16, verbose=False)
+    before = _state(trainer)
+    with pytest.raises(ValueError, match="`drop_last`"):  # 66 pairs in batches of 13: a last batch of one
+        trainer.fit(x, y, nb_epochs=2, batch_size=13, checkpoint_dir=tmp_path / "ckpt", resume=True, verbose=False)
+    assert _unchanged(before, trainer)
+
+
+def test_a_full_disk_reported_by_torch_as_runtime_error_keeps_the_divergence(tmp_path, monkeypatch):
+    x, y = _data()
+    trainer = LatentTrainer(make_classifier(), seed=0)
+    original = trainer.training_step
+    calls = {"n": 0}
+
+    def nan_on_third(batch):
+        calls["n"] += 1
+        loss, logits, logs = original(batch)
+        return (loss * float("nan") if calls["n"] == 3 else loss), logits, logs
+
+    trainer.training_step = nan_on_third
+
+    def zip_writer_full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 128 vs 0")
+
+    monkeypatch.setattr(ckpt.torch, "save", zip_writer_full)
+    with pytest.raises(TrainingDivergedError) as info:
+        trainer.fit(x, y, nb_epochs=1, batch_size=8, checkpoint_dir=tmp_path / "ckpt", verbose=False)
+    assert isinstance(info.value.__cause__, OSError) and "disk full" in str(info.value.__cause__)
+
+
+def test_a_setting_a_callback_changes_is_resumed_as_in_the_uninterrupted_run(tmp_path):
+    x, y = _data()
+
+    def ramp(trainer, epoch, logs):
+        trainer.xi = 0.25 + 0.25 * (epoch + 1) / 2
+
+    reference = _hldr()
+    reference.fit(x, y, nb_epochs=3, batch_size=8, verbose=False, callbacks=[ramp])
+
+    def crash(trainer, epoch, logs):
+        if epoch == 1:
+            raise RuntimeError("crash")
+
+    same = _hldr()
+    with pytest.raises(RuntimeError):
+        same.fit(x, y, nb_epochs=3, batch_size=8, checkpoint_dir=tmp_path / "a", callbacks=[ramp, crash],
+                 verbose=False)
+    with pytest.raises(RuntimeError):
+        _hldr().fit(x, y, nb_epochs=3, batch_size=8, checkpoint_dir=tmp_path / "b", callbacks=[ramp, crash],
+                    verbose=False)
+    same.fit(x, y, nb_epochs=3, batch_size=8, checkpoint_dir=tmp_path / "a", resume=True, callbacks=[ramp],
+             verbose=False)  # the same object, holding the ramped value
+    fresh = _hldr()  # a new object, holding the starting value
+    fresh.fit(x, y, nb_epochs=3, batch_size=8, checkpoint_dir=tmp_path / "b", resume=True, callbacks=[ramp],
+              verbose=False)
+    for resumed in (same, fresh):
+        assert all(torch.equal(a, b) for a, b in zip(reference.classifier.model.state_dict().values(),
+                                                      resumed.classifier.model.state_dict().values(), strict=True))
+
+
+def test_the_same_atlr_object_resumes_after_its_layer_analysis(tmp_path):
+    from art_latent.trainers import ATLRTrainer
+
+    x, y = _data()
+    clf = make_classifier()
+    trainer = ATLRTrainer(clf, FastGradientMethod(clf, eps=0.1), seed=0, lsa_samples=16)
+
+    def crash(trainer, epoch, logs):
+        if epoch == 0:
+            raise RuntimeError("crash")
+
+    with pytest.raises(RuntimeError):
+        trainer.fit(x, y, nb_epochs=2, batch_size=8, checkpoint_dir=tmp_path / "c", callbacks=[crash], verbose=False)
+    history = trainer.fit(x, y, nb_epochs=2, batch_size=8, checkpoint_dir=tmp_path / "c", resume=True, verbose=False)
+    assert len(history) == 2
+
+
+@pytest.mark.parametrize("change", ["p-numpy", "random-eps", "label-smoothing", "scheduler-added"])
+def test_settings_the_first_fingerprint_missed_are_refused(tmp_path, change):
+    from art.attacks.evasion import ProjectedGradientDescent
+
+    x, y = _data()
+
+    def build(after: bool):
+        clf = make_classifier()
+        if change == "label-smoothing":
+            clf._loss = torch.nn.CrossEntropyLoss(label_smoothing=0.5 if after else 0.0)
+        clf._optimizer = torch.optim.SGD(clf.model.parameters(), lr=0.05, momentum=0.9)
+        attack = ProjectedGradientDescent(clf, eps=0.1, eps_step=0.05, max_iter=2, verbose=False,
+                                          random_eps=after and change == "random-eps")
+        p = np.int64(2 if after else 1) if change == "p-numpy" else 1
+        return HLDRTrainer(clf, attack, budgets=(0.0, 0.1), p=p, seed=3)
+
+    build(False).fit(x, y, nb_epochs=1, batch_size=8, checkpoint_dir=tmp_path / "c", verbose=False)
+    trainer = build(True)
+    scheduler = (torch.optim.lr_scheduler.StepLR(trainer.classifier.optimizer, 1)
+                 if change == "scheduler-added" else None)
+    with pytest.raises(ValueError, match="Cannot resume"):
+        trainer.fit(x, y, nb_epochs=2, batch_size=8, checkpoint_dir=tmp_path / "c", resume=True, verbose=False,
+                    scheduler=scheduler)
+
+
+def test_other_optimizer_options_are_warned_about(tmp_path):
+    x, y = _data()
+    _hldr().fit(x, y, nb_epochs=1, batch_size=8, checkpoint_dir=tmp_path / "c", verbose=False)
+    trainer = _hldr()
+    trainer.classifier.optimizer.param_groups[0]["momentum"] = 0.5
+    with pytest.warns(UserWarning, match="optimizer's options"):
+        trainer.fit(x, y, nb_epochs=2, batch_size=8, checkpoint_dir=tmp_path / "c", resume=True, verbose=False)
+
+
+def test_another_discriminator_is_refused_before_anything_is_loaded(tmp_path):
+    from art_latent.trainers import AFDTrainer
+
+    x, y = _data()
+
+    def afd(width):
+        clf = make_classifier()
+        return AFDTrainer(clf, FastGradientMethod(clf, eps=0.1), discriminator_width=width, validation_attack=None,
+                          seed=0)
+
+    afd(8).fit(x, y, nb_epochs=1, batch_size=8, checkpoint_dir=tmp_path / "c", verbose=False)
+    other = afd(5)
+    weights = [t.clone() for t in other.classifier.model.state_dict().values()]
+    with pytest.raises(ValueError, match="`discriminator` was .*'width': 8.*now .*'width': 5"):
+        other.fit(x, y, nb_epochs=2, batch_size=8, checkpoint_dir=tmp_path / "c", resume=True, verbose=False)
+    assert all(torch.equal(a, b) for a, b in zip(weights, other.classifier.model.state_dict().values(), strict=True))
+
+
+def test_a_downgraded_format_byte_does_not_switch_the_checksum_off(tmp_path):
+    x, y = _data()
+    LatentTrainer(make_classifier(), seed=0).fit(x, y, nb_epochs=1, batch_size=8, checkpoint_dir=tmp_path,
+                                                 verbose=False)
+    state = torch.load(tmp_path / ckpt.CHECKPOINT_NAME, weights_only=True)
+    state["format"] = 2
+    state["model"]["fc.weight"].view(-1)[0] += 1.0
+    torch.save(state, tmp_path / ckpt.CHECKPOINT_NAME)
+    with pytest.raises(ValueError, match="corrupted"):
+        ckpt.load(tmp_path / ckpt.CHECKPOINT_NAME)
+
+
+def test_a_checkpoint_path_that_is_a_directory_or_has_a_null_byte_is_refused_at_once(tmp_path):
+    (tmp_path / "c" / ckpt.CHECKPOINT_NAME).mkdir(parents=True)
+    with pytest.raises(ValueError, match="`checkpoint_dir`.*not a file"):
+        LatentTrainer(make_classifier()).fit(*_data(), nb_epochs=1, checkpoint_dir=tmp_path / "c", verbose=False)
+    with pytest.raises(ValueError, match="`checkpoint_dir`.*null byte"):
+        LatentTrainer(make_classifier()).fit(*_data(), nb_epochs=1, checkpoint_dir="a\0b", verbose=False)
+
+
+def test_a_numpy_seed_is_accepted():
+    trainer = LatentTrainer(make_classifier(), seed=np.int64(3))
+    assert trainer.seed == 3 and type(trainer.seed) is int
+    trainer.fit(*_data(), nb_epochs=1, batch_size=8, verbose=False)

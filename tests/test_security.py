@@ -230,3 +230,12 @@ def test_a_per_sample_state_file_name_from_a_checkpoint_cannot_leave_the_directo
     for name in ("../../etc/passwd", "/etc/passwd", "per_sample_state-../../x.pt", "other.pt"):
         with pytest.raises(ValueError, match="unexpected per-sample state file"):
             ckpt.load_blob({"file": name, "sha256": "0", "keys": []}, tmp_path)
+
+
+def test_a_function_path_cannot_reach_another_module_through_an_import():
+    from art_latent.experiments.registry import resolve_function
+
+    for path in ("art_latent.io:os.system", "art_latent.trainers.base:os.system", "art_latent.io:os.remove",
+                 "art_latent.experiments.registry:importlib.import_module", "art_latent.analysis.report:np.save"):
+        with pytest.raises(ValueError):
+            resolve_function(path)

@@ -259,3 +259,23 @@ def test_bf16_autocast_stays_finite(tiny_classifier, tiny_data, normalization):
     assert np.isfinite(history[-1]["loss"]) and np.isfinite(history[-1]["regularizer"])
     with pytest.raises(ValueError, match="`amp`"):
         LatentTrainer(tiny_classifier, amp="fp8")
+
+
+def test_two_trainers_in_a_row_share_weights_and_optimizer_state_but_not_trainer_state(tiny_data):
+    from art_latent.trainers import AFDTrainer
+
+    x, y = tiny_data[0][:32], tiny_data[1][:32]
+    clf = make_classifier()
+    clf._optimizer = torch.optim.SGD(clf.model.parameters(), lr=0.05, momentum=0.9)
+    first = HLDRTrainer(clf, FastGradientMethod(clf, eps=0.1), budgets=(0.0, 0.1), seed=0)
+    first.fit(x, y, nb_epochs=1, batch_size=16, verbose=False)
+    after_hldr = [t.clone() for t in clf.model.state_dict().values()]
+    momentum = {k: v["momentum_buffer"].clone() for k, v in clf.optimizer.state_dict()["state"].items()}
+    assert momentum and clf.regularized_layers == first.layers
+    second = AFDTrainer(clf, FastGradientMethod(clf, eps=0.1), validation_attack=None, seed=0)
+    assert len(second.history) == 0  # the trainer's own state starts afresh
+    state = clf.optimizer.state_dict()["state"]
+    assert all(torch.equal(momentum[k], state[k]["momentum_buffer"]) for k in momentum)  # carried over
+    second.fit(x, y, nb_epochs=1, batch_size=16, verbose=False)
+    assert any(not torch.equal(a, b) for a, b in zip(after_hldr, clf.model.state_dict().values(), strict=True))
+    assert clf.regularized_layers == second.regularized_layers and len(first.history) == 1

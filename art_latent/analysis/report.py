@@ -31,7 +31,7 @@ from art_latent.analysis.curves import (
 from art_latent.analysis.masking import WHITE_BOX, gradient_masking_flags
 from art_latent.analysis.masking import masking_checks as run_masking_checks
 from art_latent.io import atomic_write, save_figure
-from art_latent.validation import check_choice, check_int, check_range
+from art_latent.validation import check_budget_units, check_choice, check_int, check_range
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +92,9 @@ def plot_curves(
     zero_line: bool = False,
     colors: Mapping[str, str] | None = None,
     integer_x: bool = False,
+    ylim: tuple[float | None, float | None] | None = None,
+    xticklabels: Sequence[str] | None = None,
+    legend: bool = True,
 ) -> None:
     """
     Draw one line per series on a matplotlib axis, with error bars when half widths are given.
@@ -106,6 +109,10 @@ def plot_curves(
     :param zero_line: Draw a horizontal line at 0 (for gains).
     :param colors: ``{label: matplotlib color}``, so a model keeps its color across panels and figures.
     :param integer_x: Integer ticks on the x axis (layer numbers).
+    :param ylim: ``(bottom, top)`` of the y axis (``(0, 1)`` for accuracies, so small gaps are not magnified);
+                 ``None`` entries autoscale.
+    :param xticklabels: Names for the x ticks (one per x value, e.g. the layers), drawn rotated.
+    :param legend: Draw the legend, outside the axis on the right so that it never covers the data.
     """
     for label, (values, half) in series.items():
         y = np.array([np.nan if v is None else v for v in values], dtype=float)
@@ -118,13 +125,18 @@ def plot_curves(
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if zero_line:
         ax.axhline(0.0, color="black", linewidth=0.8)
+    if xticklabels is not None:
+        ax.set_xticks(list(xs))
+        ax.set_xticklabels(list(xticklabels), rotation=40, ha="right", fontsize=7)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    if series:
-        ax.legend(fontsize=8)
+    if series and legend:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
 
 
 def _pyplot() -> Any:
@@ -383,6 +395,12 @@ class RobustnessReport:
 
     # ------------------------------------------------------------------ evaluation
 
+    def _check_units(self, classifier: Any) -> None:
+        clip = getattr(classifier, "clip_values", None)
+        check_budget_units("eps_list", list(self.eps_list), clip)
+        if self.check_eps is not None:
+            check_budget_units("check_eps", self.check_eps, clip)
+
     def evaluate_model(
         self,
         classifier: Any,
@@ -407,6 +425,7 @@ class RobustnessReport:
                  "perturbation_error": {"layers", "values"}, "extra", "flags", "timing": {"eval_seconds"}}``.
         """
         started = time.perf_counter()
+        self._check_units(classifier)
         x_t, y_t = _inputs(classifier, x, y)
         if "transfer" in self.attacks and transfer is None:
             raise ValueError("The suite has 'transfer': pass the reference's `transfer_examples`.")
@@ -496,6 +515,7 @@ class RobustnessReport:
                              "of the undefended classifier) or drop 'transfer' from `attacks`.")
         for clf in classifiers.values():
             _inputs(clf, x[:1], y[:1])
+            self._check_units(clf)
         transfer = None
         if "transfer" in self.attacks:
             assert reference is not None  # checked above: 'transfer' needs a reference model
@@ -625,31 +645,35 @@ class RobustnessReport:
         for filename, what, zero in panels:
             if not attacks:
                 break
-            fig, axes = plt.subplots(1, len(attacks), figsize=(4.2 * len(attacks), 3.4), squeeze=False)
-            for ax, attack in zip(axes[0], attacks, strict=True):
+            fig, axes = plt.subplots(1, len(attacks), figsize=(4.2 * len(attacks) + 1.6, 3.4), squeeze=False)
+            for index, (ax, attack) in enumerate(zip(axes[0], attacks, strict=True)):
                 if what == "accuracy":
                     series = {n: (r["accuracy"][attack], None) for n, r in models.items()}
+                    ylabel, ylim = "test accuracy", (0.0, 1.0)
                 else:
                     series = {n: (g[attack], None) for n, g in gains.items() if n != results["reference"]}
-                plot_curves(ax, xs, series, xlabel, f"{what} (test)", ATTACK_TITLES[attack], zero_line=zero,
-                            colors=colors)
+                    ylabel, ylim = f"accuracy gain over {results['reference']}", None
+                plot_curves(ax, xs, series, xlabel, ylabel, ATTACK_TITLES[attack], zero_line=zero,
+                            colors=colors, ylim=ylim, legend=index == len(attacks) - 1)
             fig.tight_layout()
             paths.append(_save(fig, out / filename, plt))
         if "noise" in settings["attacks"]:
-            fig, ax = plt.subplots(figsize=(4.6, 3.4))
+            fig, ax = plt.subplots(figsize=(6.2, 3.4))
             plot_curves(ax, [s * scale for s in settings["sigmas"]],
                         {n: (r["noise_accuracy"], None) for n, r in models.items()},
-                        f"sigma (x 1/{scale:g})", "accuracy (test)", "Gaussian noise", colors=colors)
+                        f"sigma (x 1/{scale:g})", "test accuracy", "Gaussian noise", colors=colors, ylim=(0.0, 1.0))
             fig.tight_layout()
             paths.append(_save(fig, out / "accuracy_vs_sigma.png", plt))
         errors = {n: r["perturbation_error"] for n, r in models.items() if "perturbation_error" in r}
         if errors:
-            fig, ax = plt.subplots(figsize=(6, 3.4))
-            plot_curves(ax, list(range(1, len(next(iter(errors.values()))["values"]) + 1)),
+            first = next(iter(errors.values()))
+            fig, ax = plt.subplots(figsize=(7.5, 3.8))
+            plot_curves(ax, list(range(1, len(first["values"]) + 1)),
                         {n: (e["values"], None) for n, e in errors.items()}, "hidden layer",
                         "perturbation error",
                         f"eps={_budget_label(settings['perturbation_eps'], scale)} (FGSM)", colors=colors,
-                        integer_x=True)
+                        xticklabels=[f"{i + 1}: {name}" for i, name in enumerate(first.get("layers", []))] or None,
+                        ylim=(0.0, None))
             fig.tight_layout()
             paths.append(_save(fig, out / "perturbation_error.png", plt))
         return paths

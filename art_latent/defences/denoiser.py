@@ -22,7 +22,7 @@ from art_latent.perturbations import GaussianNoiseSource, PerturbationSource, bu
 from art_latent.regularizers.disparity import NORMALIZATIONS, latent_disparity
 from art_latent.trainers.base import WRITE_ONCE, Batch, LatentTrainer
 from art_latent.utils import preserve_mode
-from art_latent.validation import check_choice, check_int, check_range
+from art_latent.validation import check_budget_units, check_choice, check_int, check_range
 
 logger = logging.getLogger(__name__)
 
@@ -266,6 +266,7 @@ class DenoiserTrainer(LatentTrainer):
 
     # Always set after construction: __init__ calls set_attack() (the base class allows None for methods without one).
     attack: PerturbationSource
+    layers_argument = "guide_layer"
 
     def __init__(
         self,
@@ -318,8 +319,11 @@ class DenoiserTrainer(LatentTrainer):
             if not budgets:
                 raise ValueError("`budgets` is empty: give at least one budget (0 gives benign pairs).")
             budgets = tuple(check_range("budgets", b, 0.0, math.inf, high_open=True) for b in budgets)
+            check_budget_units("budgets", list(budgets), getattr(classifier, "clip_values", None))
         if noise_sigma is not None:
             noise_sigma = check_range("noise_sigma", noise_sigma, 0.0, math.inf, low_open=True, high_open=True)
+            check_budget_units("noise_sigma", noise_sigma, getattr(classifier, "clip_values", None),
+                               "standard deviation")
         regenerate = check_choice("regenerate", regenerate, REGENERATE)
         if normalization is not None:
             check_choice("normalization", normalization, NORMALIZATIONS)
@@ -441,6 +445,14 @@ class DenoiserTrainer(LatentTrainer):
             for begin in range(0, len(x), self.generation_batch_size):
                 outputs.append(self._guide(self._plain, x[begin : begin + self.generation_batch_size])[1])
         return torch.cat(outputs)
+
+    def rows_per_sample(self) -> int:
+        """One pair per budget (and one noise pair) per sample, except with ``regenerate="batch"``."""
+        return 1 if self.regenerate == "batch" else len(self.budgets) + (self.noise is not None)
+
+    def checkpointed_networks(self) -> dict[str, nn.Module]:
+        """The denoiser's network (``state_dict()["denoiser"]``)."""
+        return {"denoiser": self.denoiser.network}
 
     def make_pairs(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None) -> Batch:
         """

@@ -29,13 +29,15 @@ PAPER_FIGURES = {("D", "fgsm"): "Fig. 2", ("D", "noise"): "Fig. 3", ("D_N", "fgs
 
 def _two_panels(plt: Any, xs: list[float], entries: Mapping[str, Any], key: str, gain_key: str, reference: str,
                 xlabel: str, title: str, path: Path, colors: Mapping[str, str]) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.6))
+    fig, axes = plt.subplots(1, 2, figsize=(11.0, 3.6))
     plot_curves(axes[0], xs, {n: (e[key]["mean"], e[key]["half_width"]) for n, e in entries.items()},
-                xlabel, "test accuracy", f"(a) {title}", colors=colors)
+                xlabel, "test accuracy", f"(a) {title}", colors=colors, ylim=(0.0, 1.0), legend=False)
     gains = {n: (e["gain"][gain_key]["mean"], e["gain"][gain_key]["half_width"])
              for n, e in entries.items() if gain_key in e["gain"] and n != reference}  # the reference's gain is 0
-    plot_curves(axes[1], xs, gains, xlabel, f"accuracy gain over {reference}", "(b) gain", zero_line=True,
-                colors=colors)
+    plot_curves(axes[1], xs, gains, xlabel, f"accuracy gain over {reference}", f"(b) gain over {reference}",
+                zero_line=True, colors=colors, legend=False)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="center left", bbox_to_anchor=(0.995, 0.5), borderaxespad=0.0)
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
@@ -82,13 +84,17 @@ def write_figures(config: Mapping[str, Any], aggregated: Mapping[str, Any], out:
     with_errors = {p: {n: e for n, e in entries.items() if "perturbation_error" in e} for p, entries in summary.items()}
     with_errors = {p: entries for p, entries in with_errors.items() if entries}
     if with_errors:
-        fig, axes = plt.subplots(1, len(with_errors), figsize=(6 * len(with_errors), 3.6), squeeze=False)
-        for ax, (pair_set, entries) in zip(axes[0], with_errors.items(), strict=True):
-            size = len(next(iter(entries.values()))["perturbation_error"]["mean"])
+        fig, axes = plt.subplots(1, len(with_errors), figsize=(6.5 * len(with_errors) + 1.6, 4.0), squeeze=False)
+        for index, (ax, (pair_set, entries)) in enumerate(zip(axes[0], with_errors.items(), strict=True)):
+            first = next(iter(entries.values()))["perturbation_error"]
+            size = len(first["mean"])
+            names = first.get("layers") or []
             plot_curves(ax, list(range(1, size + 1)),
                         {n: (e["perturbation_error"]["mean"], e["perturbation_error"]["half_width"])
                          for n, e in entries.items()},
-                        "hidden layer", "perturbation error", f"pair set {pair_set}", colors=colors, integer_x=True)
+                        "hidden layer", "perturbation error", f"pair set {pair_set}", colors=colors, integer_x=True,
+                        xticklabels=[f"{i + 1}: {n}" for i, n in enumerate(names)] if len(names) == size else None,
+                        ylim=(0.0, None), legend=index == len(with_errors) - 1)
         fig.tight_layout()
         path = inside(out, "perturbation_error.png")
         save_figure(fig, path)

@@ -68,6 +68,9 @@ def _import_path(path: str) -> Any:
         if part.startswith("_"):
             raise ValueError(f"{path!r} names a private attribute ({part!r}); configurations may not.")
         obj = getattr(obj, part)
+        if inspect.ismodule(obj):  # "art_latent.io:os.system" would reach any module through an import
+            raise ValueError(f"{path!r} reaches the module {obj.__name__!r} through an attribute; name the object "
+                             "by its own module.")
     return obj
 
 
@@ -111,8 +114,10 @@ def resolve_function(path: str) -> Any:
         raise ValueError(f"{path!r} is not registered: functions named in a configuration must be registered with "
                          "art_latent.experiments.registry.register (or defined in art_latent).")
     obj = _import_path(path)
-    if not callable(obj):
-        raise ValueError(f"{path!r} is not callable.")
+    defined_in = getattr(obj, "__module__", "") or ""
+    if not inspect.isfunction(obj) or not (defined_in == "art_latent" or defined_in.startswith("art_latent.")):
+        raise ValueError(f"{path!r} is not a function defined in art_latent: functions named in a configuration must "
+                         "be registered with art_latent.experiments.registry.register.")
     return obj
 
 

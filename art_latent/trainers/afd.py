@@ -158,6 +158,7 @@ class AFDTrainer(LatentTrainer):
 
     # Always set after construction: __init__ calls set_attack() (the base class allows None for methods without one).
     attack: PerturbationSource
+    layers_argument = "embedding_layer"
 
     def __init__(
         self,
@@ -246,7 +247,13 @@ class AFDTrainer(LatentTrainer):
         example = torch.zeros((2, *self._classifier.input_shape), device=self.device)
         with preserve_mode(model), torch.enable_grad():
             model.eval()
-            _, h = forward_with_embedding(self._classifier, example, self.embedding)
+            try:
+                _, h = forward_with_embedding(self._classifier, example, self.embedding)
+            except RuntimeError as error:
+                if "did not run" not in str(error):
+                    raise
+                raise ValueError(f"`embedding_layer` {self.embedding.name!r} never runs in the model's forward "
+                                 f"pass: {error}") from error
             grads = torch.autograd.grad(h.sum(), params, allow_unused=True) if h.requires_grad else [None] * len(params)
         encoder = [p for p, g in zip(params, grads, strict=True) if g is not None]
         if not encoder:
@@ -383,6 +390,10 @@ class AFDTrainer(LatentTrainer):
 
     def trained_modules(self) -> list[nn.Module]:
         return [self._classifier.model, self.discriminator]
+
+    def checkpointed_networks(self) -> dict[str, nn.Module]:
+        """The discriminator (``state_dict()["discriminator"]``)."""
+        return {"discriminator": self.discriminator}
 
     @contextlib.contextmanager
     def fit_context(self) -> Iterator[None]:

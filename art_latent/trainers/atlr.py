@@ -82,6 +82,13 @@ class ATLRTrainer(LatentTrainer):
     #: The analysis settings only choose the layers, which a resumed run restores from its checkpoint.
     resume_ignores = LatentTrainer.resume_ignores | {"lsa_samples", "eta", "lsa_result"}
 
+    def resume_settings(self) -> dict[str, Any]:
+        """The base settings, with ``layers="lsa"`` while the layers are chosen by the analysis (not the result)."""
+        settings = super().resume_settings()
+        if self._use_lsa:
+            settings["layers"] = "lsa"
+        return settings
+
     def __init__(
         self,
         classifier: LatentClassifier,

@@ -32,7 +32,7 @@ from art_latent.trainers import checkpoint as ckpt
 from art_latent.trainers.distributed import DistributedContext, convert_sync_batchnorm
 from art_latent.trainers.interrupts import sigterm_raises
 from art_latent.utils import preserve_mode, preserve_requires_grad
-from art_latent.validation import check_data, check_int
+from art_latent.validation import check_budget_units, check_data, check_int
 
 logger = logging.getLogger(__name__)
 
@@ -66,24 +66,51 @@ def _is_targeted(attack: Any) -> bool:
     return False
 
 
-def _describe(value: Any) -> Any:
-    """A setting as plain data for the resume fingerprint (objects by type and their budget-like attributes)."""
+_NOT_SETTINGS = frozenset({"verbose", "training", "batch_size", "history", "global_step"})
+
+
+def _describe(value: Any, depth: int = 0) -> Any:
+    """
+    A setting as plain data for the resume fingerprint: numbers, strings and containers as they are (numpy scalars
+    as Python numbers, small arrays as lists), tensors by shape, other objects by type and, two levels deep, their
+    public non-callable attributes (an attack's eps, eps_step, random_eps, decay, ...; a loss's label_smoothing).
+    """
+    if isinstance(value, np.generic):
+        value = value.item()
     if value is None or isinstance(value, bool | int | float | str):
         return value
     if isinstance(value, list | tuple):
-        return [_describe(v) for v in value]
+        return [_describe(v, depth) for v in value]
     if isinstance(value, dict):
-        return {str(k): _describe(v) for k, v in value.items()}
+        return {str(k): _describe(v, depth) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return value.tolist() if value.size <= 64 else f"array{value.shape}:{data_digest(value)}"
     if isinstance(value, torch.Tensor):
         return f"tensor{tuple(value.shape)}"
     described: dict[str, Any] = {"type": f"{type(value).__module__}.{type(value).__qualname__}"}
-    for key in ("eps", "eps_step", "sigma", "max_iter", "norm", "num_random_init", "targeted"):
-        item = getattr(value, key, None)
-        if item is None and hasattr(value, "attack"):
-            item = getattr(value.attack, key, None)
-        if isinstance(item, bool | int | float | str):
-            described[key] = item
+    if isinstance(value, torch.optim.Optimizer):  # its state changes every step: type and options only
+        described["defaults"] = _describe(value.defaults, depth + 1)
+        return described
+    if depth >= 2 or isinstance(value, torch.nn.Module) and depth >= 1:
+        return described
+    for key, item in sorted(getattr(value, "__dict__", {}).items()):
+        if key.startswith("_") or key in _NOT_SETTINGS or callable(item) and not isinstance(item, torch.nn.Module):
+            continue
+        if isinstance(item, torch.nn.Module | torch.optim.Optimizer) or key in ("estimator", "classifier", "model"):
+            continue  # the model itself is checked by its weights
+        described[key] = _describe(item, depth + 1)
     return described
+
+
+def _short(value: Any, limit: int = 160) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _summary(record: dict[str, float]) -> str:
+    """One line for the log: ``loss 0.412, accuracy 0.871, ..., lr 0.001 (12.3 s)``."""
+    items = [f"{k} {v:.4g}" for k, v in record.items() if k not in ("epoch", "time_s")]
+    return ", ".join(items) + (f" ({record['time_s']:.1f} s)" if "time_s" in record else "")
 
 
 def data_digest(*arrays: np.ndarray) -> str:
@@ -119,7 +146,9 @@ class LatentTrainer(Trainer):
     #: Whether the training attack may be a targeted one (a method that documents a use for it sets ``True``).
     allows_targeted_attack: bool = False
     #: Attributes that do not change what a run computes: a resumed run may set them differently.
-    resume_ignores: frozenset[str] = frozenset({"history", "log_every", "check_finite", "distributed"})
+    resume_ignores: frozenset[str] = frozenset({"history", "log_every", "check_finite", "distributed", "global_step"})
+    #: The argument that named :attr:`regularized_layers` (for error messages).
+    layers_argument: str = "layers"
 
     def __init__(
         self,
@@ -172,9 +201,7 @@ class LatentTrainer(Trainer):
             else self._attack_source(validation_attack, True, "validation_attack")
         )
         self.attack: PerturbationSource | None = None
-        if seed is not None:
-            check_int("seed", seed, minimum=0, maximum=2**32 - 1)  # numpy's seed range
-        self.seed = seed
+        self.seed = None if seed is None else check_int("seed", seed, minimum=0, maximum=2**32 - 1)  # numpy's range
         self.log_every = check_int("log_every", log_every)
         self.history: list[dict[str, float]] = []
         self._stop = False
@@ -191,6 +218,9 @@ class LatentTrainer(Trainer):
         # (identity of the method's write-once tensors, the file reference of their last write)
         self._write_once: tuple[Any, dict[str, Any]] | None = None
         self._fingerprint: dict[str, Any] | None = None
+        #: Optimizer steps taken in the run so far (resumes included); the x-axis of the loggers.
+        self.global_step = 0
+        self._step_loggers: list[Any] = []
         self._global_batch_size = 0
         self._local_batch_size = 0
 
@@ -217,6 +247,7 @@ class LatentTrainer(Trainer):
                 "AdversarialTrainer requires."
             )
         source = as_perturbation_source(attack, fast=fast, argument=argument)
+        check_budget_units(argument, getattr(source, "eps", None), self._classifier.clip_values, "eps")
         model = attacked_model(attack) or attacked_model(source)
         if model is not None and model is not self._classifier.model:
             warnings.warn(
@@ -244,6 +275,11 @@ class LatentTrainer(Trainer):
     def classifier(self) -> LatentClassifier:
         """The classifier being trained."""
         return self._classifier
+
+    @property
+    def is_main_process(self) -> bool:
+        """Whether this process writes files (always, except the non-zero ranks of data-parallel training)."""
+        return self._dist is None or self._dist.is_main
 
     @property
     def device(self) -> torch.device:
@@ -523,10 +559,11 @@ class LatentTrainer(Trainer):
                 raise ValueError("`validation_data` must be a tuple (x_val, y_val).")
             val = self._to_device(*self._check(*validation_data, name="validation_data[0]"))
         self._check_fit_params(x_np, y_np, batch_size)
+        self._check_last_batch(len(x_np) * self.rows_per_sample(), batch_size, drop_last)
         self.check_model(x_np[:batch_size])
         self._fingerprint = {"data": data_digest(x_np, y_np), "settings": self.resume_settings(),
                              "batch_size": batch_size, "shuffle": shuffle, "drop_last": drop_last,
-                             "lr": self._learning_rates()}
+                             **self._run_settings(scheduler)}
         self._seed_everything()
         x_t, y_t = self._to_device(x_np, y_np)
 
@@ -627,7 +664,7 @@ class LatentTrainer(Trainer):
         self._fingerprint = {"data": {"generator": f"{type(generator).__module__}.{type(generator).__qualname__}",
                                       "size": int(generator.size), "batch_size": int(generator.batch_size)},
                              "settings": self.resume_settings(), "batch_size": int(generator.batch_size),
-                             "lr": self._learning_rates()}
+                             **self._run_settings(scheduler)}
         self._seed_everything()
         resuming = resume and checkpoint is not None and (checkpoint[0] / ckpt.CHECKPOINT_NAME).exists()
         self.prepare_generator(generator, resuming)
@@ -665,9 +702,14 @@ class LatentTrainer(Trainer):
             raise TypeError(f"`checkpoint_dir` must be a path, got {type(checkpoint_dir).__name__}.")
         if not os.fspath(checkpoint_dir).strip():
             raise ValueError("`checkpoint_dir` is empty: give a directory (None disables checkpoints).")
+        if "\0" in os.fsdecode(os.fspath(checkpoint_dir)):
+            raise ValueError(f"`checkpoint_dir` {os.fspath(checkpoint_dir)!r} contains a null byte.")
         directory = Path(checkpoint_dir)
         if directory.exists() and not directory.is_dir():
             raise ValueError(f"`checkpoint_dir` {str(directory)!r} exists and is not a directory.")
+        for name in (ckpt.CHECKPOINT_NAME, ckpt.EMERGENCY_NAME):
+            if (directory / name).exists() and not (directory / name).is_file():
+                raise ValueError(f"`checkpoint_dir` {str(directory)!r} holds a {name} that is not a file.")
         try:  # found now, not after the first epoch
             directory.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=directory):
@@ -700,6 +742,42 @@ class LatentTrainer(Trainer):
 
     def _learning_rates(self) -> list[float]:
         return [float(g["lr"]) for g in self._classifier.optimizer.param_groups if "lr" in g]
+
+    def _run_settings(self, scheduler: Any) -> dict[str, Any]:
+        """What the fingerprint records besides the data and the method: classifier, optimizer, scheduler."""
+        clf = self._classifier
+        return {
+            "lr": self._learning_rates(),
+            "optimizer": [_describe({k: v for k, v in g.items() if k not in ("params", "lr", "initial_lr")})
+                          for g in clf.optimizer.param_groups],
+            "scheduler": None if scheduler is None else f"{type(scheduler).__module__}.{type(scheduler).__qualname__}",
+            "classifier": {"loss": _describe(clf._loss), "clip_values": _describe(clf.clip_values),
+                           "preprocessing": _describe(list(clf.preprocessing_operations)),
+                           "input_shape": list(clf.input_shape), "nb_classes": clf.nb_classes},
+        }
+
+    def rows_per_sample(self) -> int:
+        """
+        How many rows each training sample becomes in the per-epoch data of ``fit`` (HLDR: one pair per budget):
+        used to check the last batch before any work. Default: 1.
+        """
+        return 1
+
+    def _check_last_batch(self, n: int, batch_size: int, drop_last: bool) -> None:
+        if n % batch_size == 1 and not (drop_last and n > batch_size) and self._has_batchnorm():
+            raise ValueError(
+                f"The last batch of every epoch would hold one sample ({n} samples per epoch, batch_size="
+                f"{batch_size}): BatchNorm cannot normalise a single sample in training mode. Pass `drop_last`=True "
+                "or another `batch_size`."
+            )
+
+    def checkpointed_networks(self) -> dict[str, torch.nn.Module]:
+        """
+        Networks besides the classifier's model whose ``state_dict`` the method stores in its ``state_dict()``, by
+        key (AFD's discriminator, the denoiser's network): their keys and shapes are checked before a resume
+        changes anything. Default: none.
+        """
+        return {}
 
     def _has_batchnorm(self) -> bool:
         return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
@@ -742,8 +820,8 @@ class LatentTrainer(Trainer):
                 if counts.get(name, 0) <= index:
                     ran = counts.get(name, 0)
                     raise ValueError(
-                        f"`layers`: {ref!r} never runs in the model's forward pass (module {name!r} is called "
-                        f"{ran} time(s)): it cannot be regularized. Choose layers that run, e.g. "
+                        f"`{self.layers_argument}`: {ref!r} never runs in the model's forward pass (module {name!r} is "
+                        f"called {ran} time(s)): it cannot be regularized. Choose layers that run, e.g. "
                         f"{clf.latent_layers[:4]}."
                     )
 
@@ -782,8 +860,8 @@ class LatentTrainer(Trainer):
     ) -> list[dict[str, float]]:
         model = self._classifier.model
         callbacks = list(callbacks or [])
-        if self.regularized_layers:
-            self._classifier.regularized_layers = self.regularized_layers
+        # Each fit records its own method's layers (empty: the latent attack falls back to latent_layers).
+        self._classifier.regularized_layers = self.regularized_layers
         self._dist = DistributedContext.resolve(self.distributed, self.device)
         self._global_batch_size = 0
         if self._dist is not None:
@@ -798,6 +876,8 @@ class LatentTrainer(Trainer):
         self.history = []
         self._stop = False
         self._write_once = None
+        self.global_step = 0
+        self._step_loggers = [c for c in callbacks if getattr(c, "every_n_steps", None)]
         if resume and path is not None and path.exists():
             start_epoch, self._stop = self._load_checkpoint(path, scheduler)
             logger.info("Resumed from %s after epoch %d.", path, start_epoch)
@@ -807,6 +887,10 @@ class LatentTrainer(Trainer):
                 return self.history
         elif resume:
             logger.info("No checkpoint in %s yet: training from the start.", checkpoint[0] if checkpoint else None)
+        for callback in callbacks:
+            start = getattr(callback, "on_fit_start", None)
+            if callable(start):
+                start(self)
         with sigterm_raises(), preserve_mode(model), preserve_requires_grad(model), self.fit_context():
             epochs = tqdm(range(start_epoch, nb_epochs), desc=type(self).__name__, disable=not verbose, unit="epoch")
             for epoch in epochs:
@@ -814,7 +898,7 @@ class LatentTrainer(Trainer):
                 self.on_epoch_end(epoch, record)
                 self.history.append(record)
                 epochs.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k not in ("epoch", "lr", "time_s")})
-                logger.info("epoch %d: %s", epoch + 1, record)
+                logger.info("%s epoch %d/%d: %s", type(self).__name__, epoch + 1, nb_epochs, _summary(record))
                 due = path is not None and (epoch + 1 == nb_epochs or (epoch + 1) % every == 0)
                 try:
                     for callback in callbacks:
@@ -858,6 +942,9 @@ class LatentTrainer(Trainer):
                 diverged = self._diverged(error, epoch, step, scheduler)
                 raise diverged from diverged.__cause__
             count += n
+            self.global_step += 1
+            if self._step_loggers:
+                self._log_step(loss, logits, batch["y"], logs)
             with torch.no_grad():
                 metrics = {"loss": loss.detach() * n, "accuracy": (logits.argmax(1) == batch["y"]).sum()}
                 metrics.update({k: v.detach() * n for k, v in logs.items()})
@@ -891,6 +978,19 @@ class LatentTrainer(Trainer):
             else:
                 scheduler.step()
         return record
+
+    def _log_step(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor,
+                  logs: dict[str, torch.Tensor]) -> None:
+        due = [c for c in self._step_loggers if self.global_step % c.every_n_steps == 0]
+        if not due:
+            return
+        with torch.no_grad():  # one host read for the due step (opt-in: every_n_steps)
+            values = torch.stack([loss.detach().float(), (logits.argmax(1) == y).float().mean(),
+                                  *(v.detach().float().reshape(()) for v in logs.values())]).tolist()
+        entry = dict(zip(["loss", "accuracy", *logs], values, strict=True))
+        entry["lr"] = float(self._classifier.optimizer.param_groups[0]["lr"])
+        for callback in due:
+            callback.on_train_step(self, self.global_step, entry)
 
     def trained_modules(self) -> list[torch.nn.Module]:
         """
@@ -1019,9 +1119,11 @@ class LatentTrainer(Trainer):
                 "stopped": self._stop,
                 "rng": ckpt.rng_state(),
                 "shuffle_rng": self._shuffle_generator.get_state(),
+                "global_step": self.global_step,
                 "method": method,
                 "write_once": reference,
                 "fingerprint": self._fingerprint,
+                "settings_now": self.resume_settings(),
             }
             ckpt.save_atomic(state, path)
             if once is not None and batch is None:
@@ -1042,33 +1144,52 @@ class LatentTrainer(Trainer):
                 problems.append(f"the training data differ (checkpoint: {saved.get('data')}, now: "
                                 f"{current.get('data')})")
             before, now = saved.get("settings", {}), current.get("settings", {})
+            # A callback may have changed a setting during the run: the same trainer object then holds the value of
+            # the last checkpoint, a new one the value the run started with. Both resume.
+            written = state.get("settings_now") or before
             for key in sorted(set(before) | set(now)):
-                if before.get(key) != now.get(key):
-                    problems.append(f"`{key}` was {before.get(key)!r}, now {now.get(key)!r}")
+                if now.get(key) not in (before.get(key), written.get(key)):
+                    problems.append(f"`{key}` was {_short(before.get(key))}, now {_short(now.get(key))}")
             for key in ("shuffle", "drop_last"):
                 if key in saved and saved.get(key) != current.get(key):
                     problems.append(f"`{key}` was {saved[key]!r}, now {current.get(key)!r}")
+            if "classifier" in saved and saved["classifier"] != current.get("classifier"):
+                changed = [k for k in saved["classifier"] if saved["classifier"][k] != current["classifier"].get(k)]
+                problems.append(f"the classifier's {', '.join(changed)} differ")
+            if "scheduler" in saved and saved["scheduler"] != current.get("scheduler"):
+                problems.append(f"the scheduler was {saved['scheduler']}, now {current.get('scheduler')} (the "
+                                "learning-rate schedule would change)")
             if problems:
                 raise ValueError(
                     f"Cannot resume from {path}: it was written for another run: {'; '.join(problems)}. Resume with "
                     "the same data and settings, or start a new run (another checkpoint_dir, or resume=False)."
                 )
+            if "optimizer" in saved and saved["optimizer"] != current.get("optimizer"):
+                warnings.warn(
+                    f"Resuming {path}: the optimizer's options {current.get('optimizer')} differ from the run's "
+                    f"{saved['optimizer']}; the checkpoint's options replace them.", UserWarning, stacklevel=5)
             if saved.get("batch_size") != current.get("batch_size"):
                 warnings.warn(
                     f"Resuming {path} with batch_size={current.get('batch_size')}, but it was written with "
                     f"batch_size={saved.get('batch_size')}: training continues with the new batch size, so the run "
                     "will not reproduce an uninterrupted one.", UserWarning, stacklevel=5)
-        model = self._classifier.model.state_dict()
-        weights = state["model"]
-        missing = sorted(set(model) - set(weights))
-        unexpected = sorted(set(weights) - set(model))
-        shapes = [f"{k}: {tuple(weights[k].shape)} vs {tuple(model[k].shape)}" for k in model
-                  if k in weights and tuple(weights[k].shape) != tuple(model[k].shape)]
-        if missing or unexpected or shapes:
-            details = [f"{label} {items[:5]}{' ...' if len(items) > 5 else ''}" for label, items in
-                       (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)) if items]
-            raise ValueError(f"Checkpoint {path} does not fit this model (another architecture?): "
-                             f"{'; '.join(details)}. Nothing was loaded.")
+        networks = {"model": (self._classifier.model, state["model"])}
+        networks.update({key: (module, state["method"].get(key))
+                         for key, module in self.checkpointed_networks().items()})
+        for key, (module, weights) in networks.items():
+            current_state = module.state_dict()
+            if not isinstance(weights, dict):
+                raise ValueError(f"Checkpoint {path} has no state for the {key}. Nothing was loaded.")
+            missing = sorted(set(current_state) - set(weights))
+            unexpected = sorted(set(weights) - set(current_state))
+            shapes = [f"{k}: {tuple(weights[k].shape)} vs {tuple(current_state[k].shape)}" for k in current_state
+                      if k in weights and tuple(weights[k].shape) != tuple(current_state[k].shape)]
+            if missing or unexpected or shapes:
+                details = [f"{label} {items[:5]}{' ...' if len(items) > 5 else ''}" for label, items in
+                           (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)) if items]
+                what = "this model" if key == "model" else f"this trainer's {key}"
+                raise ValueError(f"Checkpoint {path} does not fit {what} (another architecture?): "
+                                 f"{'; '.join(details)}. Nothing was loaded.")
         optimizer = self._classifier.optimizer
         kind = f"{type(optimizer).__module__}.{type(optimizer).__qualname__}"
         saved_kind = state.get("optimizer_class")
@@ -1114,12 +1235,24 @@ class LatentTrainer(Trainer):
         except BaseException:
             self._restore_backup(backup, scheduler)
             raise
+        self._restore_changed_settings(state)
         self.history = list(state["history"])
         ckpt.set_rng_state(state["rng"])
         self._shuffle_generator.set_state(state["shuffle_rng"].cpu())
+        self.global_step = int(state.get("global_step", 0))
         # Not rewritten unless the method makes new tensors (checked by content at the next write).
         self._write_once = None if state.get("write_once") is None else (None, state["write_once"])
         return int(state["epoch"]), bool(state.get("stopped", False))
+
+    def _restore_changed_settings(self, state: dict[str, Any]) -> None:
+        # Plain settings a callback changed during the run (e.g. a ramped regularization weight) are those of the
+        # checkpoint, as in the uninterrupted run.
+        start = (state.get("fingerprint") or {}).get("settings", {})
+        for key, value in (state.get("settings_now") or {}).items():
+            if value != start.get(key) and isinstance(value, bool | int | float | str) and hasattr(self, key) and (
+                    isinstance(getattr(self, key), bool | int | float | str)):
+                logger.info("Resuming with %s = %r, as a callback had set it in the checkpointed run.", key, value)
+                setattr(self, key, value)
 
     def _backup(self, scheduler: Any) -> dict[str, Any]:
         cpu = ckpt.cpu_copy

@@ -154,6 +154,13 @@ def cpu_copy(value: Any) -> Any:
     return copy.deepcopy(value)
 
 
+def _save(state: Any, path: Path) -> None:
+    try:
+        torch.save(state, path)
+    except RuntimeError as error:  # torch's zip writer reports a full disk (ENOSPC, EFBIG) as a RuntimeError
+        raise OSError(f"Writing {path} failed (disk full or file too large?): {error}") from error
+
+
 def save_atomic(state: dict[str, Any], path: Path) -> None:
     """
     Write `state` to `path` through a temporary file and a rename: a crash mid-write leaves the previous file
@@ -166,7 +173,7 @@ def save_atomic(state: dict[str, Any], path: Path) -> None:
     state = plain(state)
     state["checksum"] = content_digest(state)
     with deferred_sigterm(), atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        _save(state, tmp)
 
 
 def save_blob(tensors: dict[str, torch.Tensor], directory: Path) -> dict[str, Any]:
@@ -182,7 +189,7 @@ def save_blob(tensors: dict[str, torch.Tensor], directory: Path) -> dict[str, An
     state = {key: value.detach().cpu() for key, value in tensors.items()}
     name = _blob_name(state)
     with deferred_sigterm(), atomic_path(directory / name) as tmp:
-        torch.save(state, tmp)
+        _save(state, tmp)
         sha = sha256_file(tmp)
     return {"file": name, "sha256": sha, "keys": sorted(state)}
 
@@ -275,7 +282,9 @@ def load(path: Path, map_location: torch.device | str | None = None) -> dict[str
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise ValueError(f"{path} is not an art_latent checkpoint of format {FORMAT_VERSION} (found {found!r}).")
     checksum = state.pop("checksum", None)
-    if state["format"] >= 3 and checksum != content_digest(state):
+    if state["format"] < 3 and ("fingerprint" in state or checksum is not None):
+        raise ValueError(f"{path} is corrupted: it claims format {state['format']} but has the entries of format 3.")
+    if (state["format"] >= 3 or checksum is not None) and checksum != content_digest(state):
         raise ValueError(f"{path} is corrupted: its content does not match its checksum. Resume from an intact "
                          "checkpoint or start a new run.")
     return state

@@ -19,7 +19,7 @@ from art_latent.perturbations import (
 )
 from art_latent.regularizers import NORMALIZATIONS, latent_disparity
 from art_latent.trainers.base import WRITE_ONCE, Batch, LatentTrainer
-from art_latent.validation import check_choice, check_int, check_range
+from art_latent.validation import check_budget_units, check_choice, check_int, check_range
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +106,7 @@ class HLDRTrainer(LatentTrainer):
         if not budgets:
             raise ValueError("`budgets` is empty: give at least one budget (0 gives benign pairs).")
         self.budgets = tuple(check_range("budgets", b, 0.0, float("inf"), high_open=True) for b in budgets)
+        check_budget_units("budgets", list(self.budgets), self._classifier.clip_values)
         if any(b > 0 for b in self.budgets) and source.eps is None:
             raise ValueError(
                 f"The attack {type(attack).__name__} has no `eps` to set per budget; use budgets=None or an attack "
@@ -116,6 +117,7 @@ class HLDRTrainer(LatentTrainer):
         self.noise: GaussianNoiseSource | None = None
         if noise_sigma is not None:
             sigma = check_range("noise_sigma", noise_sigma, 0.0, float("inf"), low_open=True, high_open=True)
+            check_budget_units("noise_sigma", sigma, self._classifier.clip_values, "standard deviation")
             self.noise = GaussianNoiseSource(sigma=sigma, clip_values=self._classifier.clip_values)
         self.normalization = check_choice("normalization", normalization, NORMALIZATIONS)
         self.p = check_choice("p", p, (1, 2))
@@ -126,6 +128,10 @@ class HLDRTrainer(LatentTrainer):
         self._current: Batch | None = None
 
     # ------------------------------------------------------------------ pairs
+
+    def rows_per_sample(self) -> int:
+        """One pair per budget (and one noise pair) per sample, except with ``regenerate="batch"``."""
+        return 1 if self.regenerate == "batch" else len(self.budgets) + (self.noise is not None)
 
     def make_pairs(self, x: torch.Tensor, y: torch.Tensor) -> Batch:
         """

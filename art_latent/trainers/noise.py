@@ -15,7 +15,7 @@ from art_latent.estimator import LatentClassifier
 from art_latent.perturbations import GaussianNoiseSource
 from art_latent.regularizers.stability import stability_kl
 from art_latent.trainers.base import WRITE_ONCE, Batch, LatentTrainer
-from art_latent.validation import check_range
+from art_latent.validation import check_budget_units, check_range
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ class GaussianNoiseTrainer(LatentTrainer):
                                :class:`~art_latent.trainers.base.LatentTrainer`.
         """
         sigma = check_range("sigma", sigma, 0.0, math.inf, low_open=True, high_open=True)
+        check_budget_units("sigma", sigma, getattr(classifier, "clip_values", None), "standard deviation")
         if not isinstance(keep_clean, bool):
             raise ValueError(f"`keep_clean` must be a bool, got {keep_clean!r}.")
         if not isinstance(fixed_noise, bool):
@@ -144,6 +145,7 @@ class StabilityTrainer(LatentTrainer):
         """
         alpha = check_range("alpha", alpha, 0.0, math.inf, high_open=True)
         sigma = check_range("sigma", sigma, 0.0, math.inf, low_open=True, high_open=True)
+        check_budget_units("sigma", sigma, getattr(classifier, "clip_values", None), "standard deviation")
         super().__init__(classifier, **trainer_kwargs)
         self.alpha = alpha
         self.sigma = sigma
