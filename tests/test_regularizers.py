@@ -90,3 +90,26 @@ def test_mismatched_layers_rejected():
         latent_disparity(clean, perturbed[:1])
     with pytest.raises(ValueError, match="differ in shape"):
         latent_disparity(clean, [perturbed[1], perturbed[0]])
+
+
+@pytest.mark.parametrize("normalization", ["batch", "layer", "sample"])
+@pytest.mark.parametrize("p", [1, 2])
+def test_disparity_over_a_subset_of_rows_equals_the_full_pairs(normalization, p):
+    from art_latent.regularizers import latent_disparity
+
+    torch.manual_seed(0)
+    clean = [torch.randn(6, 3, requires_grad=True), torch.randn(6, 2, 2, requires_grad=True)]
+    rows = torch.tensor([1, 4, 5])
+    subset = [torch.randn(3, 3), torch.randn(3, 2, 2)]
+    full = [c.detach().clone().index_copy(0, rows, s) for c, s in zip(clean, subset, strict=True)]
+    expected = latent_disparity(clean, full, normalization, p)
+    got = latent_disparity(clean, subset, normalization, p, rows=rows)
+    torch.testing.assert_close(got, expected)
+    grads = torch.autograd.grad(got, clean)
+    expected_grads = torch.autograd.grad(latent_disparity(clean, full, normalization, p), clean)
+    for a, b in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(a, b)
+    # hand-computed: batch, p=1, one layer [[1, 2], [3, 4]], row 1 perturbed to [3, 6]: (|3-3| + |4-6|) / 10 = 0.2
+    one = [torch.tensor([[1.0, 2.0], [3.0, 4.0]])]
+    value = latent_disparity(one, [torch.tensor([[3.0, 6.0]])], "batch", 1, rows=torch.tensor([1]))
+    assert value.item() == pytest.approx(0.2)

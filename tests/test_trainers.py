@@ -279,3 +279,29 @@ def test_two_trainers_in_a_row_share_weights_and_optimizer_state_but_not_trainer
     second.fit(x, y, nb_epochs=1, batch_size=16, verbose=False)
     assert any(not torch.equal(a, b) for a, b in zip(after_hldr, clf.model.state_dict().values(), strict=True))
     assert clf.regularized_layers == second.regularized_layers and len(first.history) == 1
+
+
+@pytest.mark.parametrize("regenerate", ["never", "batch"])
+def test_hldr_skips_the_second_forward_of_budget_0_pairs_with_the_same_loss(regenerate, tiny_data):
+    from helpers import NoBatchNormNet
+
+    x, y = tiny_data[0][:24], tiny_data[1][:24]
+    results = {}
+    for skip in (True, False):
+        torch.manual_seed(0)
+        clf = make_classifier(NoBatchNormNet(), layers=["act", "fc_act"])
+        trainer = HLDRTrainer(clf, FastGradientMethod(clf, eps=0.1), budgets=(0.0, 0.05, 0.1), noise_sigma=0.05,
+                              regenerate=regenerate, skip_benign_pairs=skip, seed=0)
+        rows: list[int] = []
+        handle = clf.model.register_forward_pre_hook(lambda _m, inputs, rows=rows: rows.append(len(inputs[0])))
+        history = trainer.fit(x, y, nb_epochs=1, batch_size=16 if regenerate == "never" else 4, shuffle=False,
+                              verbose=False)
+        handle.remove()
+        results[skip] = (history[0], [t.clone() for t in clf.model.state_dict().values()], rows)
+    (skipped, w_skip, rows_skip), (full, w_full, rows_full) = results[True], results[False]
+    assert skipped["loss"] == pytest.approx(full["loss"], rel=1e-6, abs=1e-7)
+    assert skipped["regularizer"] == pytest.approx(full["regularizer"], rel=1e-6, abs=1e-7)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(w_skip, w_full, strict=True))
+    # a quarter of the pairs have budget 0 (4 kinds: 0, 0.05, 0.1, noise): that many fewer rows forwarded
+    forwarded = lambda rows: sum(r for r in rows if r > 8)  # noqa: E731 (the contract check forwards 8 samples)
+    assert forwarded(rows_full) - forwarded(rows_skip) == 24

@@ -40,6 +40,7 @@ def latent_disparity(
     perturbed: Sequence[torch.Tensor],
     normalization: str = "batch",
     p: int = 1,
+    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""
     HLDR's latent disparity between the activations of benign and perturbed inputs (paper 000, eq. 3).
@@ -58,6 +59,9 @@ def latent_disparity(
     :param perturbed: Activations of the perturbed inputs, same shapes.
     :param normalization: ``"batch"``, ``"layer"`` or ``"sample"``.
     :param p: 1 (L1, the paper) or 2 (L2).
+    :param rows: When given, `perturbed` holds only these rows of the batch (indices into `clean`, on its device);
+                 every other row is a pair whose perturbed activations equal the clean ones (HLDR's budget-0 pairs)
+                 and adds nothing to the numerators. The value is that of the full ``perturbed``, without its copies.
     :return: A scalar tensor.
     """
     if normalization not in NORMALIZATIONS:
@@ -68,25 +72,28 @@ def latent_disparity(
         raise ValueError(f"Need the same non-zero number of clean and perturbed layers, got {len(clean)} and "
                          f"{len(perturbed)}.")
     for a, b in zip(clean, perturbed, strict=True):
-        if a.shape != b.shape:
+        if (a.shape if rows is None else (len(rows), *a.shape[1:])) != b.shape:
             raise ValueError(f"Clean and perturbed activations differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}.")
+    n = len(clean[0])
     # Accumulate in float32 at least, so the disparity stays finite under bf16/fp16 autocast.
     clean = [a.float() if a.dtype in (torch.float16, torch.bfloat16) else a for a in clean]
     perturbed = [b.float() if b.dtype in (torch.float16, torch.bfloat16) else b for b in perturbed]
+    # the clean rows the perturbed ones pair with (all of them without `rows`)
+    paired = clean if rows is None else [a.index_select(0, rows) for a in clean]
 
     if normalization == "layer":
         ratios = [
-            _entry_norm(a - b, p) / _entry_norm(a, p).clamp_min(_TINY)
-            for a, b in zip(clean, perturbed, strict=True)
+            _entry_norm(a - b, p) / _entry_norm(c, p).clamp_min(_TINY)
+            for a, b, c in zip(paired, perturbed, clean, strict=True)
         ]
         return torch.stack(ratios).mean()
 
     if normalization == "batch":
         if p == 1:
-            num = _sum((a - b).abs().sum() for a, b in zip(clean, perturbed, strict=True))
+            num = _sum((a - b).abs().sum() for a, b in zip(paired, perturbed, strict=True))
             den = _sum(a.abs().sum() for a in clean)
         else:
-            num = _sqrt(_sum((a - b).square().sum() for a, b in zip(clean, perturbed, strict=True)))
+            num = _sqrt(_sum((a - b).square().sum() for a, b in zip(paired, perturbed, strict=True)))
             den = _sqrt(_sum(a.square().sum() for a in clean))
         return num / den.clamp_min(_TINY)
 
@@ -95,8 +102,8 @@ def latent_disparity(
         flat = t.reshape(t.shape[0], -1)
         return flat.abs().sum(dim=1) if p == 1 else flat.square().sum(dim=1)
 
-    num = _sum(per_sample(a - b) for a, b in zip(clean, perturbed, strict=True))
-    den = _sum(per_sample(a) for a in clean)
+    num = _sum(per_sample(a - b) for a, b in zip(paired, perturbed, strict=True))
+    den = _sum(per_sample(a) for a in paired)
     if p == 2:
         num, den = _sqrt(num), _sqrt(den)
-    return (num / den.clamp_min(_TINY)).mean()
+    return (num / den.clamp_min(_TINY)).sum() / n  # the other rows' ratios are 0

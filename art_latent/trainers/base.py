@@ -574,10 +574,11 @@ class LatentTrainer(Trainer):
                 state.append(self.prepare_data(x_t, y_t))
             data = state[0] = self.on_epoch_start(epoch, state[0])
             n = len(data["y"])
-            if shuffle:
-                order = torch.randperm(n, generator=self._shuffle_generator).to(self.device)
-            else:
-                order = torch.arange(n, device=self.device)
+            # The order is drawn on the host; per-sample tensors a method keeps on the host (e.g. HLDR's budget of
+            # each pair, read without a device synchronisation) are indexed with the host copy.
+            order_host = torch.randperm(n, generator=self._shuffle_generator) if shuffle else torch.arange(n)
+            order = order_host.to(self.device)
+            on_host = {k for k, v in data.items() if v.device != order.device}
             world = 1 if self._dist is None else self._dist.world_size
             step = batch_size * world  # every process takes its contiguous part of each global batch
             # A last global batch too small to give every process a sample is dropped under data-parallel training.
@@ -594,11 +595,11 @@ class LatentTrainer(Trainer):
 
             def batches() -> Iterator[Batch]:
                 for start in starts:
-                    index = order[start : start + step]
+                    index, index_host = order[start : start + step], order_host[start : start + step]
                     self._global_batch_size = len(index)
                     if self._dist is not None:
-                        index = self._dist.shard(index)
-                    yield {k: v[index] for k, v in data.items()}
+                        index, index_host = self._dist.shard(index), self._dist.shard(index_host)
+                    yield {k: v[index_host if k in on_host else index] for k, v in data.items()}
 
             return len(starts), batches()
 

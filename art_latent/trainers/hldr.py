@@ -24,6 +24,8 @@ from art_latent.validation import check_budget_units, check_choice, check_int, c
 logger = logging.getLogger(__name__)
 
 REGENERATE = ("never", "epoch", "batch")
+#: The host copy of each pair's budget in the per-sample data (see ``skip_benign_pairs``).
+HOST_EPS = "eps_host"
 
 
 class HLDRTrainer(LatentTrainer):
@@ -70,6 +72,7 @@ class HLDRTrainer(LatentTrainer):
         fast_attack: bool = True,
         generation_batch_size: int = 512,
         validation_attack: Any = "attack",
+        skip_benign_pairs: bool = True,
         **trainer_kwargs: Any,
     ) -> None:
         """
@@ -93,9 +96,18 @@ class HLDRTrainer(LatentTrainer):
         :param generation_batch_size: Batch size when precomputing the pairs.
         :param validation_attack: Attack for the robust validation accuracy: ``"attack"`` (default) uses `attack`
                                   at its own budget, ``None`` disables it, or an ART attack / perturbation source.
+        :param skip_benign_pairs: The pairs of budget 0 are ``(x, x)``: their perturbed activations are the clean ones,
+                                  so only the other pairs take the second forward pass (with budgets 0, 16/255 and
+                                  32/255 a third fewer rows). Exact without BatchNorm and dropout; with BatchNorm in
+                                  train mode the batch statistics are computed without the duplicate clean rows, and
+                                  dropout no longer adds noise to the budget-0 disparity (which is 0 by definition).
+                                  ``False``: every pair through the network, as in the authors' code.
         :param trainer_kwargs: ``seed``, ``log_every``, ``amp``: see :class:`~art_latent.trainers.LatentTrainer`.
         """
         super().__init__(classifier, validation_attack=validation_attack, **trainer_kwargs)
+        if not isinstance(skip_benign_pairs, bool):
+            raise ValueError(f"`skip_benign_pairs` must be True or False, got {skip_benign_pairs!r}.")
+        self.skip_benign_pairs = skip_benign_pairs
         source = self.set_attack(attack, fast=fast_attack)
         self.xi = check_range("xi", xi, 0.0, 1.0)
         if budgets is None:
@@ -150,7 +162,7 @@ class HLDRTrainer(LatentTrainer):
             return {"x": x, "y": y}
         if self._restored is not None:
             data, self._restored = self._restored, None
-            return {k: v.to(self.device) for k, v in data.items()}
+            return {k: v.to(self.device) for k, v in data.items() if k != HOST_EPS}
         self._fresh = True
         logger.info("Generating the HLDR pairs of %d samples x %d budgets.", len(x), len(self.budgets))
         return self.make_pairs(x, y)
@@ -159,23 +171,35 @@ class HLDRTrainer(LatentTrainer):
         if self.regenerate == "epoch" and not self._fresh and self._base is not None:
             data = self.make_pairs(*self._base)
         self._fresh = False
-        self._current = data
-        return data
+        data = {k: v for k, v in data.items() if k != HOST_EPS}
+        self._current = data  # what the checkpoints hold (without the host copy)
+        # The budget of each pair on the host: which pairs are (x, x) is known per batch without a device sync.
+        return {**data, HOST_EPS: data["eps"].cpu()} if self.skip_benign_pairs and "eps" in data else data
 
     # ------------------------------------------------------------------ step
 
     def training_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         nb_benign = len(batch["x"])
+        eps_host = batch.get(HOST_EPS)
         if "x_pair" not in batch:
             batch = self.make_pairs(batch["x"], batch["y"])  # rows [:nb_benign] are the first budget's copy of x
+            eps_host = torch.tensor(self.budgets + ((-1.0,) if self.noise is not None else ())).repeat_interleave(
+                nb_benign)
         x, x_pair, y = batch["x"], batch["x_pair"], batch["y"]
         n = len(x)
-        logits_all, acts = self._classifier.forward_with_latents(torch.cat([x, x_pair]), self.layers)
+        attacked = None
+        if self.skip_benign_pairs and eps_host is not None:
+            keep = eps_host != 0
+            if not bool(keep.all()):  # a host tensor: no device synchronisation
+                attacked = keep.nonzero().squeeze(1).to(self.device, non_blocking=True)
+        inputs = torch.cat([x, x_pair if attacked is None else x_pair.index_select(0, attacked)])
+        logits_all, acts = self._classifier.forward_with_latents(inputs, self.layers)
         logits = logits_all[:n]
         ce = self._classifier._loss(logits, y)
         clean = [a[:n] for a in acts.values()]
         perturbed = [a[n:] for a in acts.values()]
-        disparity = latent_disparity(clean, perturbed, self.normalization, self.p)
+        # a budget-0 pair (x, x) has the clean activations as its perturbed ones: it adds 0 to the numerator
+        disparity = latent_disparity(clean, perturbed, self.normalization, self.p, rows=attacked)
         loss = (1.0 - self.xi) * ce + self.xi * disparity
         return loss, logits[:nb_benign], {"ce": ce.detach(), "regularizer": disparity.detach()}
 
