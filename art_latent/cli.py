@@ -39,7 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dataset", default="bundled", help="bundled, fashion-mnist, mnist or cifar10.")
     demo.add_argument("--data-path", default=None, help="Directory of the dataset files (not for bundled).")
     demo.add_argument("--device", default="gpu", choices=("gpu", "cpu"), help="gpu uses CUDA when available.")
-    demo.add_argument("--seed", type=int, default=0, help="Seed of the split, the weights, shuffling and attacks.")
+    demo.add_argument("--seed", type=int, default=0,
+                      help="First seed (of the split, the weights, shuffling and attacks).")
+    demo.add_argument("--seeds", type=positive_int, default=3,
+                      help="Seeds to run (seed, seed+1, ...): the table shows the mean gain with its 95%% interval; "
+                           "one seed is one noisy draw.")
     demo.add_argument("--quiet", action="store_true", help="No progress bars.")
     demo.set_defaults(handler=_run_demo)
     from art_latent.experiments_cli import add_benchmark_parsers
@@ -56,10 +60,12 @@ def _run_demo(args: argparse.Namespace) -> int:
     results = run_demo(
         out=args.out, model=args.model, width=args.width, pretrain_epochs=args.pretrain_epochs,
         finetune_epochs=args.finetune_epochs, batch_size=args.batch_size, xi=args.xi, dataset=args.dataset,
-        data_path=args.data_path, device=args.device, seed=args.seed, verbose=not args.quiet,
+        data_path=args.data_path, device=args.device, seed=args.seed, verbose=not args.quiet, seeds=args.seeds,
     )
     print()
     print(format_table(results))
+    print()
+    print(results["conclusion"])
     print(f"\nWrote {', '.join(results['files'])} in {results['seconds']:.0f} s")
     return 0
 

@@ -97,10 +97,38 @@ def test_lsa_reads_the_weights_format_with_its_metadata(tmp_path, capsys):
 def test_demo_saves_its_models_and_lsa_reads_them(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--model", "small_cnn", "--pretrain-epochs", "1", "--finetune-epochs", "1", "--device", "cpu",
-                 "--quiet", "--out", str(out)]) == 0
+                 "--quiet", "--seeds", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    assert results["seeds"] == [0, 1] and len(results["gain"]["per_seed"]) == 2
+    assert results["conclusion"] in printed and "95% t interval" in printed
     for name in ("pretrained", "undefended", "hldr"):
         saved = load_weights(out / f"{name}.pt")
         assert saved.meta("model") == "small_cnn" and saved.meta("dataset") == "bundled"
     capsys.readouterr()
     assert main(["lsa", str(out / "hldr.pt"), "--samples", "8", "--attack", "none", "--noise", "gaussian",
                  "--device", "cpu", "--quiet", "--out", str(tmp_path / "lsa")]) == 0
+
+
+def test_the_committed_demo_results_were_made_with_the_demos_defaults():
+    """docs/results.rst shows the demo's output: it must be what `art-latent demo` prints today."""
+    import inspect
+    from pathlib import Path
+
+    from art_latent.demo import run_demo
+
+    defaults = {k: p.default for k, p in inspect.signature(run_demo).parameters.items()}
+    folder = Path(__file__).resolve().parents[1] / "docs" / "_generated" / "demo"
+    runs = sorted(folder.glob("results_threads*.json"))
+    assert runs, "the committed demo results are missing"
+    for path in runs:
+        saved = json.loads(path.read_text())
+        assert saved["model"] == defaults["model"] and saved["width"] == defaults["width"]
+        assert saved["pretrain_epochs"] == defaults["pretrain_epochs"]
+        assert saved["finetune_epochs_hldr"] == defaults["finetune_epochs"]
+        assert saved["batch_size"] == defaults["batch_size"] and saved["xi"] == defaults["xi"]
+        assert saved["eps_255"] == list(defaults["eps_list_255"]) and saved["dataset"] == defaults["dataset"]
+        assert saved["seeds"] == list(range(defaults["seed"], defaults["seed"] + defaults["seeds"]))
+        assert f"threads{saved['threads']}" in path.name and {"python", "torch", "art"} <= set(saved["versions"])
+        table = (folder / path.name.replace(".json", ".md")).read_text()
+        assert saved["conclusion"] in table
