@@ -49,13 +49,13 @@ def test_tiny_run_and_resume(repro: ModuleType, tmp_path: Path, monkeypatch: pyt
     """
     summary = repro.main(_tiny_args(tmp_path))
     runs = sorted(p.name for p in (tmp_path / "runs").glob("*.json"))
-    # 2 seeds x (reference, adv_train_i, fgsm_at, deep_defense at the chosen c) + the other c of seed 0
-    assert len(runs) == 9, runs
+    # 2 seeds x (reference, clean_ft, adv_train_i, fgsm_at, deep_defense at the chosen c) + the other c of seed 0
+    assert len(runs) == 11, runs
     assert all((tmp_path / "weights" / name.replace(".json", ".pt")).exists() for name in runs)
     assert (tmp_path / "table.md").exists() and (tmp_path / "table.rst").exists()
     assert len(list((tmp_path / "eval").glob("*.json"))) == 2
     on_disk = json.loads((tmp_path / "summary.json").read_text(encoding="utf-8"))
-    assert on_disk["nb_runs"] == 9
+    assert on_disk["nb_runs"] == 11
     rows = {r["method"]: r for r in summary["rows"]}
     assert set(rows) == set(repro.METHODS)
     for row in rows.values():
