@@ -187,9 +187,8 @@ def test_stale_temporary_files_are_removed_at_the_next_fit(tmp_path):
     assert not any(p.exists() for p in stale) and keep.exists()
 
 
-def test_a_divergence_on_a_full_disk_still_raises_training_diverged(tmp_path, monkeypatch):
-    x, y = _data()
-    x[5] = 0.5
+def _nan_on_third_step() -> LatentTrainer:
+    """A plain trainer whose third training step returns a NaN loss."""
     trainer = LatentTrainer(make_classifier(), seed=0)
     original = trainer.training_step
     calls = {"n": 0}
@@ -200,6 +199,12 @@ def test_a_divergence_on_a_full_disk_still_raises_training_diverged(tmp_path, mo
         return (loss * float("nan") if calls["n"] == 3 else loss), logits, logs
 
     trainer.training_step = nan_on_third
+    return trainer
+
+
+def test_a_divergence_on_a_full_disk_still_raises_training_diverged(tmp_path, monkeypatch):
+    x, y = _data()
+    trainer = _nan_on_third_step()
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -268,16 +273,7 @@ def test_a_last_batch_of_one_is_refused_before_a_resume_loads_anything(tmp_path)
 
 def test_a_full_disk_reported_by_torch_as_runtime_error_keeps_the_divergence(tmp_path, monkeypatch):
     x, y = _data()
-    trainer = LatentTrainer(make_classifier(), seed=0)
-    original = trainer.training_step
-    calls = {"n": 0}
-
-    def nan_on_third(batch):
-        calls["n"] += 1
-        loss, logits, logs = original(batch)
-        return (loss * float("nan") if calls["n"] == 3 else loss), logits, logs
-
-    trainer.training_step = nan_on_third
+    trainer = _nan_on_third_step()
 
     def zip_writer_full(*args, **kwargs):
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 128 vs 0")
