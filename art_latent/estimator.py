@@ -227,7 +227,9 @@ class LatentClassifier(PyTorchClassifier):
                                 "tensor.")
             raise TypeError(f"The model's forward returned a {type(output).__name__}{keys}, not the logits tensor; "
                             f"{hint}.")
-        if output.ndim >= 2 and output.shape[-1] != self.nb_classes:  # shapes only: no host synchronisation
+        # Shapes only (no host synchronisation). One output for nb_classes=2 is ART's binary convention (sigmoid).
+        if output.ndim >= 2 and output.shape[-1] != self.nb_classes and not (
+                output.shape[-1] == 1 and self.nb_classes == 2):
             raise ValueError(
                 f"The model returns {output.shape[-1]} logits per input (output shape {tuple(output.shape)}), but the "
                 f"classifier has `nb_classes`={self.nb_classes}: set `nb_classes` to the model's number of outputs "

@@ -414,3 +414,13 @@ def test_the_unit_error_suggests_dividing_by_255():
                                          r"Did you mean 16/255, 32/255"):
         HLDRTrainer(clf, _fgsm(clf), budgets=(0, 16, 32))
     HLDRTrainer(clf, _fgsm(clf), budgets=(0, 1.0))  # the whole range is still a (large) budget
+
+
+def test_a_one_output_binary_model_follows_the_art_convention():
+    """ART accepts nb_classes=2 with one (sigmoid) output; the logit-count check must too (ART's own tests use it)."""
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 1))
+    clf = LatentClassifier(model, torch.nn.BCEWithLogitsLoss(), (1, 8, 8), 2, device_type="cpu",
+                           optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    assert clf.predict(_data()[0]).shape == (12, 1)
+    with pytest.raises(ValueError, match="`nb_classes`"):
+        _classifier_with(4).predict(_data()[0])  # 3 outputs for 4 classes is still an error

@@ -807,7 +807,8 @@ class LatentTrainer(Trainer):
             output = model(x_pre)
             logits = clf.select_logits(output)
         expected = (len(sample), clf.nb_classes)
-        if logits.ndim != 2 or tuple(logits.shape) != expected:
+        binary = clf.nb_classes == 2 and tuple(logits.shape) == (len(sample), 1)  # ART's one-output binary convention
+        if not binary and (logits.ndim != 2 or tuple(logits.shape) != expected):
             raise ValueError(
                 f"The model returns logits of shape {tuple(logits.shape)} for {len(sample)} inputs, but the classifier "
                 f"has `nb_classes`={clf.nb_classes}: expected {expected}. Set `nb_classes` to the model's number of "
