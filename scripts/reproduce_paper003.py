@@ -48,7 +48,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import platform
 import sys
 import time
@@ -334,10 +333,9 @@ def train_run(dataset: str, model_name: str, method: str, seed: int, c: float | 
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    from art_latent.io import atomic_write  # the package's atomic writer (temporary file, fsync, rename)
+
+    atomic_write(path, json.dumps(payload, indent=1) + "\n")
 
 
 def get_run(dataset: str, model: str, method: str, seed: int, c: float | None, lr: float | None, data: dict,

@@ -315,9 +315,9 @@ def train_one(spec: RunSpec, data: dict[str, tuple[np.ndarray, np.ndarray]], arg
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    from art_latent.io import atomic_write  # the package's atomic writer (temporary file, fsync, rename)
+
+    atomic_write(path, json.dumps(payload, indent=1) + "\n")
 
 
 def run_all(specs: Sequence[RunSpec], data: dict, args: argparse.Namespace, desc: str) -> dict[str, dict]:
