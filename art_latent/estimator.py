@@ -109,6 +109,8 @@ class LatentClassifier(PyTorchClassifier):
         self._output_key, self._logits_fn = self._check_output(output_key, logits_fn)
         self._traces: dict[bool, ModelTrace] = {}
         self._forced_copies: set[str] = set()
+        #: Capture hooks kept registered by :meth:`keep_hooks`: layer names -> (hooks, the armed store and versions).
+        self._kept: dict[tuple[str, ...], tuple[CallHooks, list[Any]]] | None = None
         self._layers: LayerSpec = layers
         self._latent_layers: list[str] | None = None
         #: The layers the last latent trainer regularized (set by its ``fit``); the latent attack's default.
@@ -443,11 +445,29 @@ class LatentClassifier(PyTorchClassifier):
             yield store
 
     @contextlib.contextmanager
-    def _hooked(self, names: list[str]) -> Iterator[tuple[dict[str, torch.Tensor], _Versions]]:
-        store: dict[str, torch.Tensor] = {}
-        versions: _Versions = {}
+    def keep_hooks(self) -> Iterator[None]:
+        """
+        Keep the capture hooks registered while the block runs, instead of registering and removing them at every
+        :meth:`forward_with_latents` (the trainers' ``fit`` does this: hooks are registered once per ``fit``). Outside
+        a capture the kept hooks only count calls; they are all removed on exit, also on exceptions.
+        """
+        if self._kept is not None:  # nested: the outer block keeps them
+            yield
+            return
+        self._kept = {}
+        try:
+            yield
+        finally:
+            kept, self._kept = self._kept, None
+            for hooks, _slot in kept.values():
+                hooks.remove()
 
+    def _capture_into(self, slot: list[Any]) -> Callable[[str, Any], None]:
+        # slot = [store, versions] of the capture in progress, or [None, None] between captures.
         def capture(ref: str, output: Any) -> None:
+            store, versions = slot
+            if store is None:
+                return
             tensor = first_tensor(output)
             if tensor is None:
                 raise TypeError(f"Layer {ref!r} returned {type(output).__name__}, which holds no tensor.")
@@ -457,8 +477,30 @@ class LatentClassifier(PyTorchClassifier):
                 versions[ref] = (tensor, tensor._version)
             store[ref] = tensor
 
-        with CallHooks(self.model, names, capture, roots=[self.model, self._model]):
+        return capture
+
+    @contextlib.contextmanager
+    def _hooked(self, names: list[str]) -> Iterator[tuple[dict[str, torch.Tensor], _Versions]]:
+        store: dict[str, torch.Tensor] = {}
+        versions: _Versions = {}
+        if self._kept is None:
+            with CallHooks(self.model, names, self._capture_into([store, versions]),
+                           roots=[self.model, self._model]):
+                yield store, versions
+            return
+        key = tuple(names)
+        if key not in self._kept:
+            slot: list[Any] = [None, None]
+            hooks = CallHooks(self.model, names, self._capture_into(slot), roots=[self.model, self._model])
+            hooks.__enter__()
+            self._kept[key] = (hooks, slot)
+        slot = self._kept[key][1]
+        outer = list(slot)
+        slot[:] = [store, versions]
+        try:
             yield store, versions
+        finally:
+            slot[:] = outer
 
     def forward_with_latents(
         self, x: torch.Tensor, layers: str | int | Sequence[str | int] | None = None

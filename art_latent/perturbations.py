@@ -103,15 +103,41 @@ def _per_sample_budget(eps: Budget, batch_size: int) -> torch.Tensor:
     return budgets
 
 
+def _on_device(eps: Budget | None) -> bool:
+    """
+    Whether `eps` is a tensor on an accelerator: reading it on the host (to validate it, or to skip its zero rows)
+    would synchronise the device, so it is used as it is.
+    """
+    return isinstance(eps, torch.Tensor) and eps.device.type != "cpu"
+
+
+def _device_budget(eps: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """
+    A per-sample budget tensor already on the device, as float64 ``(B,)``; its shape is checked, not its values (that
+    would synchronise).
+
+    :param eps: One value or `batch_size` values.
+    :param batch_size: Number of samples in the batch.
+    :return: Per-sample budgets on `eps`'s device.
+    """
+    budgets = eps.detach().to(torch.float64).reshape(-1)
+    if budgets.numel() == 1:
+        return budgets.expand(batch_size)
+    if budgets.numel() != batch_size:
+        raise ValueError(f"A per-sample `eps` needs {batch_size} values (one per sample), got {budgets.numel()}.")
+    return budgets
+
+
 def _broadcastable(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """
-    Reshape per-sample values ``(B,)`` to ``(B, 1, ..., 1)`` in the dtype and on the device of `like`.
+    Reshape per-sample values ``(B,)`` to ``(B, 1, ..., 1)`` in the dtype and on the device of `like` (a host tensor
+    is copied without blocking: no device synchronisation).
 
     :param values: One value per sample.
     :param like: The batch the values broadcast against.
     :return: The reshaped values.
     """
-    return values.to(device=like.device, dtype=like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+    return values.to(device=like.device, dtype=like.dtype, non_blocking=True).reshape(-1, *([1] * (like.ndim - 1)))
 
 
 def _sample(
@@ -130,7 +156,7 @@ def _sample(
     if generator is None:
         return sampler(shape, dtype=like.dtype, device=like.device)
     values = sampler(shape, dtype=like.dtype, device=generator.device, generator=generator)
-    return values.to(like.device)
+    return values.to(like.device, non_blocking=True)
 
 
 def _make_generator(generator: torch.Generator | int | None) -> torch.Generator | None:
@@ -392,28 +418,40 @@ class TorchGradientAttack(PerturbationSource):
         labels = labels_to_indices(y.detach()).to(x.device)
         if labels.shape[0] != batch_size:
             raise ValueError(f"`x` has {batch_size} samples but `y` has {labels.shape[0]}.")
-
-        if eps is None:
-            budgets = torch.full((batch_size,), self.eps, dtype=torch.float64)
-            steps = torch.full((batch_size,), self.eps_step, dtype=torch.float64)
-        else:
-            budgets = _per_sample_budget(eps, batch_size)
-            steps = budgets * (self.eps_step / self.eps) if self.eps > 0 else torch.full_like(budgets, self.eps_step)
-
-        active = budgets > 0
-        if self.max_iter == 0 or not active.any():
+        if self.max_iter == 0:
             return x.clone()
+
+        rows: torch.Tensor | None = None  # the rows with a positive budget, when some are 0 (known on the host)
+        if eps is None:
+            if self.eps <= 0:
+                return x.clone()
+            # Filled on the device: no host-to-device copy (which would synchronise) per call.
+            budgets = torch.full((batch_size,), self.eps, dtype=torch.float64, device=x.device)
+            steps = torch.full((batch_size,), self.eps_step, dtype=torch.float64, device=x.device)
+        else:
+            if _on_device(eps):
+                # Read on the host it would synchronise: zero-budget rows are attacked too, and come back as x.
+                budgets = _device_budget(eps, batch_size)  # type: ignore[arg-type]
+            else:
+                budgets = _per_sample_budget(eps, batch_size)
+                active = budgets > 0
+                if not active.any():
+                    return x.clone()
+                if not active.all():
+                    # Rows are independent in eval mode, so zero-budget rows are skipped instead of attacked.
+                    rows = active.nonzero().squeeze(1)
+                    budgets = budgets[rows]
+            steps = budgets * (self.eps_step / self.eps) if self.eps > 0 else torch.full_like(budgets, self.eps_step)
 
         if self.random_eps:
             factor = self._truncated_normal_factor()
             budgets, steps = budgets * factor, steps * factor
 
-        if active.all():
+        if rows is None:
             return self._attack(x, labels, budgets, steps)
-        # Rows are independent in eval mode, so zero-budget rows are skipped instead of attacked for nothing.
-        rows = active.nonzero().squeeze(1).to(x.device)
+        rows = rows.to(x.device, non_blocking=True)
         x_adv = x.clone()
-        x_adv[rows] = self._attack(x[rows], labels[rows], budgets[active], steps[active])
+        x_adv[rows] = self._attack(x[rows], labels[rows], budgets, steps)
         return x_adv
 
     def _truncated_normal_factor(self) -> float:
@@ -586,7 +624,8 @@ class TorchGradientAttack(PerturbationSource):
                         reference = self._logits(x).argmax(dim=1)
                     self._set_gradient_mode()
 
-            best, best_rate = x, 0.0
+            best = x
+            best_rate = torch.zeros((), dtype=torch.float64, device=x.device)
             for restart in range(restarts):
                 x_adv = x
                 for iteration in range(self.max_iter):
@@ -601,9 +640,10 @@ class TorchGradientAttack(PerturbationSource):
                     best = x_adv
                 elif self.restart_selection == "batch":
                     assert reference is not None  # set above whenever restarts > 1
-                    rate = self._success(x_adv, reference).double().mean().item()
-                    if rate > best_rate:
-                        best, best_rate = x_adv, rate
+                    # Compared on the device (a host read would synchronise): strictly better replaces, as in ART.
+                    rate = self._success(x_adv, reference).double().mean()
+                    better = rate > best_rate
+                    best, best_rate = torch.where(better, x_adv, best), torch.where(better, rate, best_rate)
                 elif restart == 0:
                     best = x_adv
                 else:
@@ -771,6 +811,7 @@ class GaussianNoiseSource(PerturbationSource):
         self.sigma = float(sigma)
         self.clip_values = clip_values
         self.generator = _make_generator(generator)
+        self._bounds: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def eps(self) -> float:
@@ -789,16 +830,40 @@ class GaussianNoiseSource(PerturbationSource):
         :return: Detached noisy inputs; rows with sigma 0 are `x` unchanged.
         """
         x = x.detach()
-        sigma = _per_sample_budget(self.sigma if eps is None else eps, x.shape[0])
-        if not (sigma > 0).any():
-            return x.clone()
-        sigma_b = _broadcastable(sigma, x)
-        noisy = x + sigma_b * _sample("randn", tuple(x.shape), x, self.generator)
-        if self.clip_values is not None:
-            low = torch.as_tensor(np.asarray(self.clip_values[0]), dtype=x.dtype, device=x.device)
-            high = torch.as_tensor(np.asarray(self.clip_values[1]), dtype=x.dtype, device=x.device)
-            noisy = torch.maximum(torch.minimum(noisy, high), low)
+        if eps is None or isinstance(eps, (int, float, np.floating, np.integer)):
+            scale = self.sigma if eps is None else float(eps)
+            if not math.isfinite(scale) or scale < 0:
+                raise ValueError("Perturbation budgets `eps` must be finite and non-negative.")
+            if scale == 0:
+                return x.clone()
+            return self._clip(x + scale * _sample("randn", tuple(x.shape), x, self.generator))
+        if _on_device(eps):
+            sigma_b = _broadcastable(_device_budget(eps, x.shape[0]), x)  # not read on the host: no synchronisation
+        else:
+            sigma = _per_sample_budget(eps, x.shape[0])
+            if not (sigma > 0).any():
+                return x.clone()
+            sigma_b = _broadcastable(sigma, x)
+        noisy = self._clip(x + sigma_b * _sample("randn", tuple(x.shape), x, self.generator))
         return torch.where(sigma_b > 0, noisy, x)
+
+    def _clip(self, x: torch.Tensor) -> torch.Tensor:
+        """
+        Clip to ``clip_values``, with the bounds made once per device and dtype (no copy per call).
+
+        :param x: Noisy inputs.
+        :return: Clipped inputs.
+        """
+        if self.clip_values is None:
+            return x
+        key = (x.device, x.dtype)
+        bounds = self._bounds.get(key)
+        if bounds is None:
+            bounds = self._bounds[key] = (
+                torch.as_tensor(np.asarray(self.clip_values[0]), dtype=x.dtype, device=x.device),
+                torch.as_tensor(np.asarray(self.clip_values[1]), dtype=x.dtype, device=x.device),
+            )
+        return torch.maximum(torch.minimum(x, bounds[1]), bounds[0])
 
 
 def as_perturbation_source(
@@ -870,7 +935,9 @@ def budget_pairs(
              (``-1`` for a noise pair).
     """
     n = len(x)
-    eps = torch.tensor(budgets, dtype=x.dtype, device=x.device).repeat_interleave(n)
+    # The budgets stay on the host for the sources (which rows are budget 0 is then known without a device
+    # synchronisation) and are copied to the device once, without blocking.
+    eps = torch.tensor(budgets, dtype=torch.float64).repeat_interleave(n)
     x_rep = x.repeat(len(budgets), *([1] * (x.ndim - 1)))
     y_rep = y.repeat(len(budgets))
     pairs = [
@@ -881,5 +948,6 @@ def budget_pairs(
     if noise is not None:
         x_rep, y_rep = torch.cat([x_rep, x]), torch.cat([y_rep, y])
         pairs.append(noise.generate(x, y))
-        eps = torch.cat([eps, torch.full((n,), -1.0, dtype=eps.dtype, device=eps.device)])
-    return {"x": x_rep, "x_pair": torch.cat(pairs).detach(), "y": y_rep, "eps": eps}
+        eps = torch.cat([eps, torch.full((n,), -1.0, dtype=eps.dtype)])
+    return {"x": x_rep, "x_pair": torch.cat(pairs).detach(), "y": y_rep,
+            "eps": eps.to(device=x.device, dtype=x.dtype, non_blocking=True)}

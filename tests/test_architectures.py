@@ -13,21 +13,12 @@ import numpy as np
 import pytest
 import torch
 from archs import BUILDERS, logits_of, reference_forward
-from art.attacks.evasion import FastGradientMethod
+from helpers import every_trainer
 from torch import nn
 
 from art_latent import LatentClassifier
-from art_latent.defences import DenoiserTrainer, FeatureGuidedDenoiser
 from art_latent.trainers import (
-    AFDTrainer,
-    ATLRTrainer,
-    DeepDefenseTrainer,
-    FIMRTrainer,
-    GaussianNoiseTrainer,
-    HLDRTrainer,
     LatentTrainer,
-    LayerwisePerturbationTrainer,
-    StabilityTrainer,
 )
 
 pytest.importorskip("transformers")
@@ -129,25 +120,8 @@ def test_user_cnn_auto_follows_each_call_of_the_reused_activation():
             torch.testing.assert_close(acts[name], reference[name])
 
 
-def _denoiser(clf: LatentClassifier) -> DenoiserTrainer:
-    torch.manual_seed(1)
-    denoiser = FeatureGuidedDenoiser(in_channels=1, width=4, depth=1, clip_values=(0.0, 1.0), device_type="cpu")
-    return DenoiserTrainer(clf, denoiser, FastGradientMethod(clf, eps=0.1), budgets=(0.0, 0.1))
-
-
 #: Every trainer at its defaults except the attack (FGSM, to keep the matrix fast).
-TRAINERS: dict[str, Callable[[LatentClassifier], LatentTrainer]] = {
-    "plain": lambda clf: LatentTrainer(clf, seed=0),
-    "hldr": lambda clf: HLDRTrainer(clf, FastGradientMethod(clf, eps=0.1), seed=0),
-    "fimr": lambda clf: FIMRTrainer(clf, seed=0),
-    "agnt": lambda clf: GaussianNoiseTrainer(clf, seed=0),
-    "stability": lambda clf: StabilityTrainer(clf, seed=0),
-    "afd": lambda clf: AFDTrainer(clf, FastGradientMethod(clf, eps=0.1), validation_attack=None, seed=0),
-    "deep_defense": lambda clf: DeepDefenseTrainer(clf, seed=0),
-    "layerwise": lambda clf: LayerwisePerturbationTrainer(clf, seed=0),
-    "atlr": lambda clf: ATLRTrainer(clf, FastGradientMethod(clf, eps=0.1), seed=0),
-    "denoiser": _denoiser,
-}
+TRAINERS: dict[str, Callable[[LatentClassifier], LatentTrainer]] = every_trainer()  # type: ignore[assignment]
 
 
 @pytest.mark.parametrize("trainer_name", sorted(TRAINERS))

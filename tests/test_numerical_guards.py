@@ -104,12 +104,16 @@ def _nan_at(trainer: LatentTrainer, call: int, kind: str) -> None:
     trainer.training_step = step
 
 
+@pytest.mark.parametrize("check", [True, "deferred"])
 @pytest.mark.parametrize(("kind", "term"), [("loss", "loss"), ("regularizer", "regularizer"),
                                             ("gradient", "gradient of loss")])
-def test_non_finite_step_stops_with_epoch_batch_term_and_an_emergency_checkpoint(tiny_data, tmp_path, kind, term):
+def test_non_finite_step_stops_with_epoch_batch_term_and_an_emergency_checkpoint(tiny_data, tmp_path, kind, term,
+                                                                                 check):
     x, y = tiny_data
     clf = make_classifier()
-    trainer = HLDRTrainer(clf, FastGradientMethod(clf, eps=0.1), budgets=(0.0, 0.1), seed=0)
+    # deferred: the flags are read every 4 steps, so the failure at batch 2 is found after batch 4
+    trainer = HLDRTrainer(clf, FastGradientMethod(clf, eps=0.1), budgets=(0.0, 0.1), seed=0, check_finite=check,
+                          log_every=4)
     _nan_at(trainer, call=6 + 2, kind=kind)  # 96 x 2 pairs = 6 batches of 32 per epoch: epoch 2, batch 2
     snapshots = []
     original = trainer.optimization_step
@@ -126,6 +130,7 @@ def test_non_finite_step_stops_with_epoch_batch_term_and_an_emergency_checkpoint
     assert error.checkpoint == tmp_path / "emergency.pt" and "emergency.pt" in str(error)
     # the failing step was not taken: the model holds the state from before that batch, and so does the file
     good = snapshots[-1]
+    assert len(snapshots) == (6 + 2 if check is True else 6 + 4)  # deferred: the later steps ran, undone
     emergency = torch.load(tmp_path / "emergency.pt", weights_only=True)
     assert (emergency["epoch"], emergency["batch"]) == (1, 1)
     for name, value in clf.model.state_dict().items():
@@ -154,10 +159,12 @@ def test_the_guard_adds_one_check_per_step_and_leaves_results_unchanged(tiny_dat
     assert np.isfinite(results[0][0].numpy()).all()
 
 
-def test_afd_divergence_after_the_classification_step_says_so(tiny_classifier, tiny_data):
+@pytest.mark.parametrize("check", [True, "deferred"])
+def test_afd_divergence_after_the_classification_step_says_so(tiny_classifier, tiny_data, check):
     from art_latent.trainers import AFDTrainer
 
-    trainer = AFDTrainer(tiny_classifier, FastGradientMethod(tiny_classifier, eps=0.1), validation_attack=None)
+    trainer = AFDTrainer(tiny_classifier, FastGradientMethod(tiny_classifier, eps=0.1), validation_attack=None,
+                         check_finite=check)
     original = trainer.discriminator.forward
     calls = {"n": 0}
 
@@ -172,12 +179,13 @@ def test_afd_divergence_after_the_classification_step_says_so(tiny_classifier, t
         trainer.fit(*tiny_data, nb_epochs=1, batch_size=32, verbose=False)
 
 
-def test_denoiser_divergence_restores_the_denoiser_batchnorm(tiny_classifier, tiny_data):
+@pytest.mark.parametrize("check", [True, "deferred"])
+def test_denoiser_divergence_restores_the_denoiser_batchnorm(tiny_classifier, tiny_data, check):
     from art_latent.defences import DenoiserTrainer, FeatureGuidedDenoiser
 
     denoiser = FeatureGuidedDenoiser(1, width=4, depth=1, device_type="cpu", identity_init=False)
     trainer = DenoiserTrainer(tiny_classifier, denoiser, FastGradientMethod(tiny_classifier, eps=0.1),
-                              budgets=(0.1,))
+                              budgets=(0.1,), check_finite=check)
     snapshots = []
     original_step, original_training = trainer.optimization_step, trainer.training_step
 
@@ -194,6 +202,53 @@ def test_denoiser_divergence_restores_the_denoiser_batchnorm(tiny_classifier, ti
         trainer.fit(*tiny_data, nb_epochs=1, batch_size=32, verbose=False)
     for name, value in denoiser.network.state_dict().items():
         assert torch.equal(value, snapshots[-1][name]), name
+        assert torch.equal(value, snapshots[1][name]), name  # deferred: frozen from the failing batch on
+
+
+def _adam_classifier() -> LatentClassifier:
+    clf = make_classifier()
+    clf._optimizer = torch.optim.Adam(clf.model.parameters(), lr=1e-2)
+    return clf
+
+
+@pytest.mark.parametrize("log_every", [1, 3, 50])
+@pytest.mark.parametrize("kind", ["loss", "gradient"])
+def test_deferred_check_ends_in_the_state_the_immediate_check_leaves(tiny_data, log_every, kind):
+    # Adam: per-parameter state tensors (undone on the device) and CPU step counters (restored from host copies)
+    results = []
+    for check in (True, "deferred"):
+        clf = _adam_classifier()
+        trainer = LatentTrainer(clf, seed=0, check_finite=check, log_every=log_every)
+        _nan_at(trainer, call=5, kind=kind)  # epoch 2 (3 batches of 32 per epoch), batch 2
+        with pytest.raises(TrainingDivergedError) as info:
+            trainer.fit(*tiny_data, nb_epochs=3, batch_size=32, verbose=False)
+        error = info.value
+        results.append(((error.epoch, error.batch, tuple(error.terms), trainer.global_step),
+                        {k: v.clone() for k, v in clf.model.state_dict().items()}, clf.optimizer.state_dict()))
+    (where_i, model_i, optim_i), (where_d, model_d, optim_d) = results
+    assert where_i == where_d and where_i[:2] == (2, 2)
+    for name, value in model_i.items():
+        assert torch.equal(value, model_d[name]), name
+    for index, state in optim_i["state"].items():
+        for key, value in state.items():
+            assert torch.equal(value, optim_d["state"][index][key]), (index, key)
+
+
+def test_deferred_check_trains_exactly_as_the_immediate_one_without_failures(tiny_data):
+    results = []
+    for check in (True, "deferred", False):
+        clf = _adam_classifier()
+        HLDRTrainer(clf, FastGradientMethod(clf, eps=0.1), budgets=(0.0, 0.1), seed=0, check_finite=check,
+                    log_every=2).fit(*tiny_data, nb_epochs=2, batch_size=32, verbose=False)
+        results.append(clf.model.state_dict())
+    for name, value in results[0].items():
+        assert torch.equal(value, results[1][name]) and torch.equal(value, results[2][name]), name
+
+
+@pytest.mark.parametrize("value", ["yes", 1, 0.0, None])
+def test_check_finite_accepts_only_its_modes(tiny_classifier, value):
+    with pytest.raises(ValueError, match="`check_finite` must be True, False, 'immediate' or 'deferred'"):
+        LatentTrainer(tiny_classifier, check_finite=value)
 
 
 def test_gradient_check_handles_sparse_and_large_finite_gradients():
@@ -248,3 +303,25 @@ def test_fp16_loss_scale_collapse_is_reported(tiny_classifier, tiny_data):
     with pytest.raises(TrainingDivergedError, match=r"batch 17: non-finite gradient of loss for many steps in a row"):
         trainer.fit(*tiny_data, nb_epochs=1, batch_size=4, verbose=False)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))  # every step was skipped
+
+
+def test_capture_hooks_are_registered_once_per_fit_not_per_step(tiny_data, monkeypatch):
+    from art_latent import estimator
+
+    entered = {"n": 0}
+    original = estimator.CallHooks.__enter__
+
+    def counting(self):
+        entered["n"] += 1
+        return original(self)
+
+    monkeypatch.setattr(estimator.CallHooks, "__enter__", counting)
+    counts = []
+    for epochs in (1, 3):
+        entered["n"] = 0
+        clf = make_classifier()
+        HLDRTrainer(clf, FastGradientMethod(clf, eps=0.1), budgets=(0.1,), seed=0).fit(
+            *tiny_data, nb_epochs=epochs, batch_size=32, verbose=False)
+        counts.append(entered["n"])
+        assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in clf.model.modules()) == 0
+    assert counts[0] == counts[1] <= 2, counts  # 3 and 9 steps: the same registrations

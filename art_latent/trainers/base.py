@@ -30,6 +30,7 @@ from art_latent.io import remove_stale_temporaries
 from art_latent.perturbations import PerturbationSource, as_perturbation_source, attacked_model
 from art_latent.trainers import checkpoint as ckpt
 from art_latent.trainers.distributed import DistributedContext, convert_sync_batchnorm
+from art_latent.trainers.finite_guard import DeferredFiniteGuard
 from art_latent.trainers.interrupts import sigterm_raises
 from art_latent.utils import preserve_mode, preserve_requires_grad
 from art_latent.validation import check_budget_units, check_data, check_int
@@ -159,7 +160,7 @@ class LatentTrainer(Trainer):
         amp: bool | str = False,
         distributed: bool | str = "auto",
         sync_batchnorm: bool = False,
-        check_finite: bool = True,
+        check_finite: bool | str = True,
     ) -> None:
         """
         :param classifier: The classifier to train; a plain ART ``PyTorchClassifier`` is wrapped in a
@@ -177,10 +178,15 @@ class LatentTrainer(Trainer):
         :param sync_batchnorm: Under data-parallel training, convert BatchNorm layers to ``SyncBatchNorm`` so batch
                                statistics span all processes (CUDA only). Without it each process normalises with its
                                own batch statistics and running statistics are averaged after every epoch.
-        :param check_finite: Check every loss term and the gradients for NaN/inf before each optimizer step (one
-                             host synchronisation per step) and stop with a :class:`TrainingDivergedError` naming
-                             the epoch, batch and term, leaving the last good state (and, with a ``checkpoint_dir``,
-                             saving it as ``emergency.pt``). ``False`` checks only the epoch's mean loss.
+        :param check_finite: Check every loss term and the gradients for NaN/inf at each optimizer step and stop
+                             with a :class:`TrainingDivergedError` naming the epoch, batch and term, leaving the last
+                             good state (and, with a ``checkpoint_dir``, saving it as ``emergency.pt``): the failing
+                             step and every later one are not taken. ``"immediate"`` reads the check on the host
+                             before each step (one synchronisation per step); ``"deferred"`` keeps it on the device,
+                             undoes failing steps there and reads it every ``log_every`` steps and at the end of
+                             each epoch (see :mod:`art_latent.trainers.finite_guard` for the trade-off); ``True``
+                             (default) is immediate on the CPU and deferred on accelerators. ``False`` checks only
+                             the epoch's mean loss.
         """
         if not isinstance(classifier, PyTorchClassifier):
             raise TypeError(
@@ -211,9 +217,14 @@ class LatentTrainer(Trainer):
             raise ValueError(f"`distributed` must be 'auto', True or False, got {distributed!r}.")
         self.distributed = distributed
         self.sync_batchnorm = bool(sync_batchnorm)
-        if not isinstance(check_finite, bool):
-            raise ValueError(f"`check_finite` must be True or False, got {check_finite!r}.")
-        self.check_finite = check_finite
+        if check_finite not in (True, False, "immediate", "deferred") or isinstance(check_finite, (int, float)) \
+                and not isinstance(check_finite, bool):
+            raise ValueError(f"`check_finite` must be True, False, 'immediate' or 'deferred', got {check_finite!r}.")
+        self.check_finite: bool | str = check_finite
+        self._guard: DeferredFiniteGuard | None = None
+        self._position = (0, 0)
+        self._steps_taken = 0
+        self._saved_buffers: list[torch.Tensor] | None = None
         self._dist: DistributedContext | None = None
         # (identity of the method's write-once tensors, the file reference of their last write)
         self._write_once: tuple[Any, dict[str, Any]] | None = None
@@ -380,7 +391,17 @@ class LatentTrainer(Trainer):
         (loss if scaler is None else scaler.scale(loss)).backward()
         self.sync_gradients(optimizer)
         if self.check_finite:
-            self._check_finite_step(loss, optimizer, name, terms or {}, gradients=scaler is None)
+            flags, names = self._finite_flags(loss, optimizer, name, terms or {}, gradients=scaler is None)
+            guard = self._guard
+            if guard is not None and scaler is None and not guard.first_step(optimizer):
+                guard.step(optimizer, flags, names, (*self._position, self._steps_taken, self.global_step))
+                self._steps_taken += 1
+                return
+            if guard is not None:
+                self._read_guard()  # earlier steps first: the first failure is the one reported
+            found = [n for n, b in zip(names, flags.tolist(), strict=True) if b > 0]  # the one host read
+            if found:
+                raise self.divergence_error(f"non-finite {', '.join(found)}", terms=found)
         if scaler is None:
             optimizer.step()
         else:
@@ -391,16 +412,20 @@ class LatentTrainer(Trainer):
                 raise self.divergence_error(
                     f"non-finite gradient of {name} for many steps in a row (the fp16 loss scale fell to "
                     f"{scaler.get_scale():.3g})", terms=[f"gradient of {name}"])
-        self._steps_taken = getattr(self, "_steps_taken", 0) + 1
+        self._steps_taken += 1
 
-    def _check_finite_step(
+    def _finite_flags(
         self,
         loss: torch.Tensor,
         optimizer: torch.optim.Optimizer,
         name: str,
         terms: dict[str, torch.Tensor],
         gradients: bool,
-    ) -> None:
+    ) -> tuple[torch.Tensor, list[str]]:
+        """
+        The finite flags of a step, on the device: one per name, positive where the term is not finite (summed over
+        processes under data-parallel training).
+        """
         names = [name, *(f"{name}/{key}" if name != "loss" else key for key in terms)]
         values = [loss.detach().float(), *(v.detach().float() for v in terms.values())]
         flags = [torch.isfinite(v).all() for v in values]
@@ -415,9 +440,20 @@ class LatentTrainer(Trainer):
         bad = (~torch.stack(flags)).float()
         if self._dist is not None:  # every process must stop at the same step, or the others hang in an all-reduce
             bad = self._dist.sum_(bad)
-        found = [n for n, b in zip(names, bad.tolist(), strict=True) if b > 0]  # the one host sync per step
-        if found:
-            raise self.divergence_error(f"non-finite {', '.join(found)}", terms=found)
+        return bad, names
+
+    def _read_guard(self) -> None:
+        """
+        Read the deferred finite flags (one host read); raise the first failure as the immediate check would have,
+        with the loop's position set back to the failing step.
+        """
+        failed = self._guard.read() if self._guard is not None else None
+        if failed is None:
+            return
+        self._position = (failed.epoch, failed.batch)
+        self._steps_taken = failed.call
+        self.global_step = failed.global_step
+        raise self.divergence_error(f"non-finite {', '.join(failed.terms)}", terms=failed.terms)
 
     def sync_gradients(self, optimizer: torch.optim.Optimizer) -> None:
         """
@@ -872,6 +908,8 @@ class LatentTrainer(Trainer):
             self._dist.broadcast_module(model)
             verbose = verbose and self._dist.is_main
         self._scaler = torch.amp.GradScaler(self.device.type) if self._amp_dtype == torch.float16 else None
+        deferred = self.check_finite == "deferred" or (self.check_finite is True and self.device.type != "cpu")
+        self._guard = DeferredFiniteGuard(self.device) if deferred and self._scaler is None else None
         self._checkpoint = checkpoint
         path, every = (None, 1) if checkpoint is None else (checkpoint[0] / ckpt.CHECKPOINT_NAME, checkpoint[1])
         start_epoch = 0
@@ -893,7 +931,8 @@ class LatentTrainer(Trainer):
             start = getattr(callback, "on_fit_start", None)
             if callable(start):
                 start(self)
-        with sigterm_raises(), preserve_mode(model), preserve_requires_grad(model), self.fit_context():
+        with sigterm_raises(), preserve_mode(model), preserve_requires_grad(model), self._classifier.keep_hooks(), \
+                self.fit_context():
             epochs = tqdm(range(start_epoch, nb_epochs), desc=type(self).__name__, disable=not verbose, unit="epoch")
             for epoch in epochs:
                 record = self._run_epoch(epoch, epoch_batches, verbose, val, scheduler)
@@ -932,17 +971,23 @@ class LatentTrainer(Trainer):
         sums: dict[str, torch.Tensor] = {}
         count = 0
         bar = tqdm(batches, total=nb_batches, desc=f"epoch {epoch + 1}", leave=False, disable=not verbose)
+        guard = self._guard
+        current = (epoch, -1)
         for step, batch in enumerate(bar):
             n = self._local_batch_size = len(batch["y"])
+            self._position = current = (epoch, step)
             if self.check_finite:
                 self._snapshot_buffers()
+                if guard is not None:
+                    guard.start_batch()
             try:
                 loss, logits, logs = self.optimization_step(batch)
+                if guard is not None:
+                    guard.end_batch(self._buffers(), self._saved_buffers)
+                    if (step + 1) % self.log_every == 0:
+                        self._read_guard()
             except TrainingDivergedError as error:
-                if not getattr(self, "_steps_taken", 0):
-                    self._restore_buffers()  # the failing batch's forward pass moved BatchNorm statistics
-                diverged = self._diverged(error, epoch, step, scheduler)
-                raise diverged from diverged.__cause__
+                self._diverge_at_position(error, scheduler, current)
             count += n
             self.global_step += 1
             if self._step_loggers:
@@ -954,6 +999,11 @@ class LatentTrainer(Trainer):
                     sums[key] = sums[key] + value if key in sums else value.float()
             if verbose and (step + 1) % self.log_every == 0:
                 bar.set_postfix({k: f"{v.item() / count:.4f}" for k, v in sums.items()})
+        if guard is not None:
+            try:
+                self._read_guard()
+            except TrainingDivergedError as error:
+                self._diverge_at_position(error, scheduler, current)
         if self._dist is not None:
             keys = sorted(sums)
             totals = self._dist.sum_(torch.stack([sums[k] for k in keys] + [torch.tensor(
@@ -981,6 +1031,15 @@ class LatentTrainer(Trainer):
                 scheduler.step()
         return record
 
+    def _diverge_at_position(self, error: TrainingDivergedError, scheduler: Any, current: tuple[int, int]) -> None:
+        # The buffers go back to the current batch's start unless an earlier step of the failing batch was taken:
+        # the failing batch's forward pass moved BatchNorm statistics (a deferred failure found in a later batch
+        # froze them at that batch's start).
+        if not self._steps_taken or self._position != current:
+            self._restore_buffers()
+        diverged = self._diverged(error, *self._position, scheduler)
+        raise diverged from diverged.__cause__
+
     def _log_step(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor,
                   logs: dict[str, torch.Tensor]) -> None:
         due = [c for c in self._step_loggers if self.global_step % c.every_n_steps == 0]
@@ -1007,7 +1066,7 @@ class LatentTrainer(Trainer):
     def _snapshot_buffers(self) -> None:
         # Copied into buffers allocated once: the last good BatchNorm statistics, restored on divergence.
         self._steps_taken = 0
-        saved = getattr(self, "_saved_buffers", None)
+        saved = self._saved_buffers
         buffers = self._buffers()
         if saved is None or [s.shape for s in saved] != [b.shape for b in buffers]:
             self._saved_buffers = [b.detach().clone() for b in buffers]
@@ -1017,7 +1076,7 @@ class LatentTrainer(Trainer):
                 copy.copy_(buffer)
 
     def _restore_buffers(self) -> None:
-        saved = getattr(self, "_saved_buffers", None)
+        saved = self._saved_buffers
         if saved is None:
             return
         with torch.no_grad():
@@ -1035,7 +1094,7 @@ class LatentTrainer(Trainer):
             except OSError as failure:  # a full disk must not hide the divergence
                 unsaved, saved = failure, None
         where = f"epoch {epoch + 1}, batch {step + 1}"
-        taken = getattr(self, "_steps_taken", 0)
+        taken = self._steps_taken
         if taken:  # e.g. AFD's classification step ran before its discriminator step failed
             state = (f"The failing optimizer step was not taken, but {taken} earlier optimizer step(s) of this batch "
                      "were; the state after them is")
