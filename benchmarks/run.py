@@ -17,6 +17,7 @@ Run::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import logging
@@ -44,10 +45,13 @@ TARGETS: dict[str, float] = {
     "fimr": 1.15,
     "agnt": 1.15,
     "layerwise_orig": 1.3,
+    # issue 18: DeepFool's 10 candidate gradients per step dominate; the samples already fooled are not stepped
+    "deep_defense": 12.0,
 }
-#: HLDR with online FGSM must also cost at most this times ART's AdversarialTrainer(FGSM, ratio 1).
-HLDR_ONLINE_VS_ART = 1.6
-FAST_ATTACK_SPEEDUP = 1.2
+#: HLDR with online FGSM must also cost at most this times ART's AdversarialTrainer(FGSM, ratio 1) (issue 18).
+HLDR_ONLINE_VS_ART = 1.3
+#: The on-device FGSM and PGD-10 path must be at least this much faster than ART's ``generate`` (issue 18).
+FAST_ATTACK_SPEEDUP = 1.5
 HLDR_MEMORY = 2.5
 #: ``--quick``: a tiny model and batch, one timing of one step, no memory runs. Checks that every method and the table
 #: run; the numbers are too noisy to judge the targets. Options given explicitly still win.
@@ -65,7 +69,8 @@ class Case:
 
 def _trainer_step(trainer: Any, x: torch.Tensor, y: torch.Tensor, mixed: bool = False) -> Callable[[], None]:
     """
-    One ``optimization_step`` of an art_latent trainer on a fixed batch, inside its ``fit_context``. `mixed`: the
+    One ``optimization_step`` of an art_latent trainer on a fixed batch, inside its ``fit_context`` and with the
+    capture hooks kept as ``fit`` keeps them. `mixed`: the
     batch takes its rows from every budget group of precomputed pairs in turn (as a shuffled epoch mixes them).
     """
     data = trainer.prepare_data(x, y)
@@ -73,8 +78,10 @@ def _trainer_step(trainer: Any, x: torch.Tensor, y: torch.Tensor, mixed: bool = 
     n, groups = len(x), len(data["y"]) // len(x)
     rows = torch.arange(n) + (torch.arange(n) % groups) * n if mixed else torch.arange(n)
     batch = {k: v[rows.to(v.device)] for k, v in data.items()}
-    context = trainer.fit_context()
-    context.__enter__()  # left open for the whole benchmark: the process ends after it
+    context = contextlib.ExitStack()  # as in fit: capture hooks kept for the run, the method's fit context
+    keep_hooks = getattr(trainer.classifier, "keep_hooks", None)  # absent before art_latent 0.1 (comparisons)
+    context.enter_context(keep_hooks() if keep_hooks is not None else contextlib.nullcontext())
+    context.enter_context(trainer.fit_context())  # left open for the whole benchmark: the process ends after it
 
     def step() -> None:
         trainer.train_mode()
@@ -153,7 +160,20 @@ def _deep_defense_step(clf: Any, x: torch.Tensor, y: torch.Tensor) -> Callable[[
     with torch.no_grad():
         clf.model.eval()
         labels = clf.model(x).argmax(1)
-    return _trainer_step(DeepDefenseTrainer(clf), x, labels)
+    step = _trainer_step(DeepDefenseTrainer(clf), x, labels)
+    # Steps repeated on one batch drive this model through very different DeepFool regimes (all samples fooled after
+    # 2 steps at one point, none before the 5th at another), so the timing would depend on the trajectory: every
+    # timed step starts from the same weights and optimizer state (a load_state_dict: milliseconds against seconds).
+    model_state = copy.deepcopy(clf.model.state_dict())
+    optimizer_state = copy.deepcopy(clf.optimizer.state_dict())
+
+    def fixed_state_step() -> None:
+        clf.model.load_state_dict(model_state)
+        clf.optimizer.load_state_dict(optimizer_state)
+        step()
+
+    fixed_state_step.context = step.context  # type: ignore[attr-defined]
+    return fixed_state_step
 
 
 def _art_adversarial_trainer(clf: Any, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:

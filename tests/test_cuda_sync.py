@@ -105,3 +105,22 @@ def test_deferred_check_on_cuda_leaves_the_last_good_state(tiny_data):
     assert len(snapshots) == 4  # found at the read after batch 4
     for key, value in clf.model.state_dict().items():
         assert torch.equal(value, snapshots[2][key]), key
+
+
+def test_one_process_nccl_data_parallel_with_sync_batchnorm_matches_plain_training(tiny_data, tmp_path):
+    import torch.distributed as dist
+
+    def train(distributed: bool) -> dict[str, torch.Tensor]:
+        clf = _classifier()
+        HLDRTrainer(clf, FastGradientMethod(clf, eps=0.1), budgets=(0.0, 0.1), seed=0, distributed=distributed,
+                    sync_batchnorm=distributed).fit(*tiny_data, nb_epochs=2, batch_size=16, verbose=False)
+        return {k: v.detach().clone() for k, v in clf.model.state_dict().items()}
+
+    reference = train(False)
+    dist.init_process_group("nccl", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        result = train(True)
+    finally:
+        dist.destroy_process_group()
+    for name, value in reference.items():
+        torch.testing.assert_close(result[name], value, rtol=1e-4, atol=1e-5, msg=name)

@@ -275,3 +275,31 @@ def test_never_estimated_batchnorm_is_estimated_once_and_a_fresh_resnet_trains()
     before = bn.running_mean.clone()
     DeepDefenseTrainer(clf, seed=0).prepare_data(torch.from_numpy(x[:8]), torch.from_numpy(y[:8]))
     assert torch.equal(bn.running_mean, before)
+
+
+@pytest.mark.parametrize("candidates", [None, 2])
+def test_stepping_only_the_active_samples_gives_the_masked_result_and_gradients(candidates):
+    # stop_early=True computes each DeepFool step on the samples not yet fooled; the masked loop (no host read)
+    # steps every sample with zeros for the stopped ones: same perturbation, iterations and parameter gradients.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ELU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    model.eval()
+    x = torch.rand(24, 1, 8, 8, dtype=torch.float64)
+    model.double()
+    labels = torch.arange(24) % 5
+    results = []
+    for stop_early in (True, False):
+        model.zero_grad()
+        x0 = x.clone().requires_grad_(True)
+        logits = model(x0)
+        result = deepfool(model, x0, labels=labels, max_iter=5, candidates=candidates, create_graph=True,
+                          logits=logits, stop_early=stop_early)
+        correct = logits.detach().argmax(1) == labels
+        deep_defense_regularizer(perturbation_ratio(result.perturbation, x), correct).backward()
+        results.append((result, [p.grad.clone() for p in model.parameters()]))
+    (early, grads_early), (masked, grads_masked) = results
+    assert len(set(early.iterations.tolist())) > 1  # samples stopped at different steps
+    assert torch.equal(early.iterations, masked.iterations) and torch.equal(early.fooled, masked.fooled)
+    torch.testing.assert_close(early.perturbation, masked.perturbation, rtol=1e-10, atol=1e-12)
+    for a, b in zip(grads_early, grads_masked, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)

@@ -78,8 +78,10 @@ def deepfool(
     :param logits: ``forward(x)`` when the caller already computed it (``x`` must then require gradients and be
                    the tensor the logits were computed from), so the first forward is shared with, e.g., the
                    cross-entropy.
-    :param stop_early: Leave the loop once every sample has stopped (one host synchronisation per step; the result
-                       is the same because stopped samples receive zero steps).
+    :param stop_early: Compute each step on the samples still active only, and leave the loop once every sample
+                       has stopped: one host read per step (a synchronisation on an accelerator), about half the work
+                       at Deep Defense's 5 steps. The result is the same up to float rounding because stopped
+                       samples receive zero steps and samples are independent. ``False``: masks, no host read.
     :return: A :class:`DeepFoolResult`.
     """
     if not isinstance(max_iter, int) or isinstance(max_iter, bool) or max_iter < 1:
@@ -128,10 +130,16 @@ def deepfool(
     fooled = torch.zeros(n, dtype=torch.bool, device=device)
     iterations = torch.zeros(n, dtype=torch.long, device=device)
     x_t, logits_t = x0, logits
+    rows: torch.Tensor | None = None  # with stop_early: the samples still active (all of them at the first step)
     for step in range(max_iter):
+        def pick(t: torch.Tensor, rows: torch.Tensor | None = rows) -> torch.Tensor:
+            return t if rows is None else t.index_select(0, rows)
+
+        m = logits_t.shape[0]
         with torch.enable_grad():
-            reference = torch.where(wrong, logits_t.detach().argmax(1), clean_pred)
-            f = logits_t.gather(1, cand) - logits_t.gather(1, reference[:, None])  # (n, nb_cand)
+            wrong_t, clean_t, cand_t = pick(wrong), pick(clean_pred), pick(cand)
+            reference = torch.where(wrong_t, logits_t.detach().argmax(1), clean_t)
+            f = logits_t.gather(1, cand_t) - logits_t.gather(1, reference[:, None])  # (m, nb_cand)
             # Gradients without a graph, to choose the class (and, without create_graph, to step). With one candidate
             # and create_graph there is nothing to choose: the graph-building backward below is the only one.
             select = nb_cand > 1 or not create_graph
@@ -141,28 +149,41 @@ def deepfool(
             if grads:
                 norms = torch.stack([g.flatten(1).float().square().sum(1) for g in grads], 1).sqrt()
                 distance = f.detach().float().abs() / (norms + _TINY)
-                chosen = distance.masked_fill(~valid, float("inf")).argmin(1)
+                chosen = distance.masked_fill(~pick(valid), float("inf")).argmin(1)
             else:
-                chosen = torch.zeros(n, dtype=torch.long, device=device)
+                chosen = torch.zeros(m, dtype=torch.long, device=device)
             f_chosen = f.gather(1, chosen[:, None]).squeeze(1)
             if create_graph:
                 w = torch.autograd.grad(f_chosen.sum(), x_t, create_graph=True)[0]
             else:
-                w = torch.stack(grads, 1)[torch.arange(n, device=device), chosen]
+                w = torch.stack(grads, 1)[torch.arange(m, device=device), chosen]
                 f_chosen = f_chosen.detach()
             scale = f_chosen.abs() / (w.flatten(1).square().sum(1) + _TINY)
-            r = scale.to(w.dtype).reshape(view) * w
-        total = total + torch.where(active.reshape(view), r, torch.zeros_like(r))
-        iterations = iterations + active.long()
+            r = scale.to(w.dtype).reshape((m,) + view[1:]) * w
+        if rows is None:
+            total = total + torch.where(active.reshape(view), r, torch.zeros_like(r))
+            iterations = iterations + active.long()
+        else:  # only active samples were stepped
+            total = total.index_add(0, rows, r)
+            iterations = iterations.index_add(0, rows, torch.ones_like(rows))
         with torch.no_grad():
-            prediction = forward(x0.detach() + (1.0 + overshoot) * total.detach()).argmax(1)
-        reached = torch.where(wrong, prediction == targets, prediction != clean_pred)
+            prediction = forward(pick(x0.detach() + (1.0 + overshoot) * total.detach())).argmax(1)
+        reached = torch.where(wrong_t, prediction == pick(targets), prediction != clean_t)
+        if rows is not None:
+            reached = torch.zeros_like(active).index_copy(0, rows, reached)
         fooled = fooled | (active & reached)
         active = active & ~reached  # not in place: the graph holds the previous mask
-        if step == max_iter - 1 or (stop_early and not bool(active.any())):
+        if step == max_iter - 1:
             break
+        if stop_early:
+            rows = active.nonzero().squeeze(1)  # the host read: stopped samples are not computed any more
+            if rows.numel() == 0:
+                break
         with torch.enable_grad():
-            x_t = x0 + total if create_graph else (x0.detach() + total).requires_grad_(True)
+            x_next = x0 + total if create_graph else (x0.detach() + total)
+            x_t = pick(x_next, rows)
+            if not create_graph:
+                x_t = x_t.detach().requires_grad_(True)
             logits_t = forward(x_t)
     return DeepFoolResult((1.0 + overshoot) * total, fooled, iterations)
 
