@@ -13,13 +13,13 @@ import os
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from art.data_generators import DataGenerator
+from art.data_generators import DataGenerator, PyTorchDataGenerator
 from art.defences.trainer.trainer import Trainer
 from art.estimators.classification.pytorch import PyTorchClassifier
 from tqdm.auto import tqdm
@@ -29,6 +29,7 @@ from art_latent.estimator import LatentClassifier
 from art_latent.io import remove_stale_temporaries
 from art_latent.perturbations import PerturbationSource, as_perturbation_source, attacked_model
 from art_latent.trainers import checkpoint as ckpt
+from art_latent.trainers.batches import LoaderBatches
 from art_latent.trainers.distributed import DistributedContext, convert_sync_batchnorm
 from art_latent.trainers.finite_guard import DeferredFiniteGuard
 from art_latent.trainers.interrupts import sigterm_raises
@@ -533,8 +534,8 @@ class LatentTrainer(Trainer):
 
     def fit(  # pylint: disable=W0221
         self,
-        x: np.ndarray,
-        y: np.ndarray,
+        x: np.ndarray | Iterable[Any],
+        y: np.ndarray | None = None,
         validation_data: tuple[np.ndarray, np.ndarray] | None = None,
         batch_size: int = 128,
         nb_epochs: int = 20,
@@ -551,7 +552,10 @@ class LatentTrainer(Trainer):
         """
         Train the classifier.
 
-        :param x: Training inputs ``(n, *input_shape)``, floating, within the classifier's ``clip_values``.
+        :param x: Training inputs ``(n, *input_shape)``, floating, within the classifier's ``clip_values``; or a torch
+                  ``DataLoader`` (or re-iterable of ``(x, y)`` batches) with `y` left out, which trains as
+                  :meth:`fit_generator` does (the loader then decides batch size, order and the last batch:
+                  `batch_size`, `shuffle` and `drop_last` must be left at their defaults).
         :param y: Labels as class indices ``(n,)`` or one-hot ``(n, nb_classes)``.
         :param validation_data: ``(x_val, y_val)`` evaluated after every epoch (clean accuracy, and robust accuracy
                                 when the trainer has a ``validation_attack``).
@@ -580,6 +584,16 @@ class LatentTrainer(Trainer):
         """
         if kwargs:
             raise TypeError(f"Unexpected keyword arguments for fit: {', '.join(f'`{k}`' for k in sorted(kwargs))}.")
+        if y is None:
+            if isinstance(x, np.ndarray | torch.Tensor):
+                raise ValueError("`y` is missing: give labels, or pass a DataLoader of (x, y) batches as `x`.")
+            if (batch_size, shuffle, drop_last) != (128, True, False):
+                raise ValueError("With a DataLoader as `x`, the loader decides the batches: leave `batch_size`, "
+                                 "`shuffle` and `drop_last` at their defaults and set them on the DataLoader.")
+            return self.fit_generator(
+                LoaderBatches(x, argument="x").loader, nb_epochs=nb_epochs, validation_data=validation_data,
+                scheduler=scheduler, callbacks=callbacks, verbose=verbose, checkpoint_dir=checkpoint_dir,
+                checkpoint_every=checkpoint_every, resume=resume)
         batch_size = check_int("batch_size", batch_size)
         nb_epochs = check_int("nb_epochs", nb_epochs)
         if not isinstance(drop_last, bool):
@@ -589,11 +603,7 @@ class LatentTrainer(Trainer):
         self._check_scheduler_and_callbacks(scheduler, callbacks)
         checkpoint = self._check_checkpoint_args(checkpoint_dir, checkpoint_every, resume)
         x_np, y_np = self._check(x, y)
-        val = None
-        if validation_data is not None:
-            if not isinstance(validation_data, tuple | list) or len(validation_data) != 2:
-                raise ValueError("`validation_data` must be a tuple (x_val, y_val).")
-            val = self._to_device(*self._check(*validation_data, name="validation_data[0]"))
+        val = self._validation_tensors(validation_data)
         self._check_fit_params(x_np, y_np, batch_size)
         self._check_last_batch(len(x_np) * self.rows_per_sample(), batch_size, drop_last)
         self.check_model(x_np[:batch_size])
@@ -643,7 +653,7 @@ class LatentTrainer(Trainer):
 
     def fit_generator(  # pylint: disable=W0221
         self,
-        generator: DataGenerator,
+        generator: DataGenerator | Iterable[Any],
         nb_epochs: int = 20,
         validation_data: tuple[np.ndarray, np.ndarray] | None = None,
         scheduler: Any = None,
@@ -655,13 +665,19 @@ class LatentTrainer(Trainer):
         **kwargs: Any,
     ) -> list[dict[str, float]]:
         """
-        Train on batches from an ART ``DataGenerator`` (``get_batch()``, ``size``, ``batch_size``).
+        Train on batches from an ART ``DataGenerator`` (``get_batch()``, ``size``, ``batch_size``), a torch
+        ``DataLoader`` or any re-iterable of ``(x, y)`` batches (numpy or tensors; an epoch is one pass over it; ART's
+        ``PyTorchDataGenerator`` is iterated through its ``DataLoader``, without ``get_batch``'s numpy copies). See
+        :mod:`art_latent.trainers.batches` for how batches are checked and moved to the device.
 
         Each batch is validated and moved to the device; methods that precompute per-sample tensors in
         :meth:`prepare_data` build them per batch instead (see the method's documentation).
 
-        :param generator: An ART ``DataGenerator`` yielding numpy ``(x, y)`` batches.
-        :param nb_epochs: Number of epochs; an epoch is ``ceil(generator.size / generator.batch_size)`` batches.
+        :param generator: An ART ``DataGenerator`` yielding numpy ``(x, y)`` batches, or a ``DataLoader`` /
+                          re-iterable of ``(x, y)`` batches (a sampler without a length works: the progress bar
+                          then has no total).
+        :param nb_epochs: Number of epochs; an epoch is ``ceil(generator.size / generator.batch_size)`` batches of a
+                          ``DataGenerator``, or one pass over a loader.
         :param validation_data: See :meth:`fit`.
         :param scheduler: See :meth:`fit`.
         :param callbacks: See :meth:`fit`.
@@ -675,11 +691,18 @@ class LatentTrainer(Trainer):
             raise TypeError(
                 f"Unexpected keyword arguments for fit_generator: {', '.join(f'`{k}`' for k in sorted(kwargs))}."
             )
-        if not isinstance(generator, DataGenerator):
-            raise TypeError(f"`generator` must be an ART DataGenerator, got {type(generator).__name__}.")
+        loader = None
+        if isinstance(generator, PyTorchDataGenerator):
+            loader = LoaderBatches(generator.iterator)  # its DataLoader's tensors, not get_batch()'s numpy copies
+        elif not isinstance(generator, DataGenerator):
+            loader = LoaderBatches(generator)  # raises TypeError for what is neither
         nb_epochs = check_int("nb_epochs", nb_epochs)
         self._check_scheduler_and_callbacks(scheduler, callbacks)
         checkpoint = self._check_checkpoint_args(checkpoint_dir, checkpoint_every, resume)
+        if loader is not None:
+            return self._fit_loader(loader, nb_epochs, validation_data, scheduler, callbacks, verbose, checkpoint,
+                                    resume)
+        assert isinstance(generator, DataGenerator)  # the loader branch took everything else
         if generator.size is None or generator.batch_size is None:
             raise ValueError("The DataGenerator must know its `size` and `batch_size`.")
         if generator.size <= 0 or generator.batch_size <= 0:
@@ -693,11 +716,7 @@ class LatentTrainer(Trainer):
                 f"{generator.batch_size}): BatchNorm cannot normalise a single sample in training mode. Use another "
                 "batch_size."
             )
-        val = None
-        if validation_data is not None:
-            if not isinstance(validation_data, tuple | list) or len(validation_data) != 2:
-                raise ValueError("`validation_data` must be a tuple (x_val, y_val).")
-            val = self._to_device(*self._check(*validation_data, name="validation_data[0]"))
+        val = self._validation_tensors(validation_data)
         self._fingerprint = {"data": {"generator": f"{type(generator).__module__}.{type(generator).__qualname__}",
                                       "size": int(generator.size), "batch_size": int(generator.batch_size)},
                              "settings": self.resume_settings(), "batch_size": int(generator.batch_size),
@@ -719,6 +738,52 @@ class LatentTrainer(Trainer):
                     yield {"x": x_b, "y": y_b}
 
             return nb_batches, gen()
+
+        return self._loop(epoch_batches, nb_epochs, scheduler, callbacks, verbose, val, checkpoint, resume)
+
+    def _validation_tensors(self, validation_data: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if validation_data is None:
+            return None
+        if not isinstance(validation_data, tuple | list) or len(validation_data) != 2:
+            raise ValueError("`validation_data` must be a tuple (x_val, y_val).")
+        return self._to_device(*self._check(validation_data[0], validation_data[1], name="validation_data[0]"))
+
+    def _fit_loader(
+        self,
+        loader: LoaderBatches,
+        nb_epochs: int,
+        validation_data: Any,
+        scheduler: Any,
+        callbacks: Sequence[Callback] | None,
+        verbose: bool,
+        checkpoint: tuple[Path, int] | None,
+        resume: bool,
+    ) -> list[dict[str, float]]:
+        """``fit_generator`` on a DataLoader or re-iterable: one pass over it per epoch (see :mod:`.batches`)."""
+        if loader.size is not None and loader.batch_size and not loader.drop_last \
+                and loader.size % loader.batch_size == 1 and self._has_batchnorm():
+            raise ValueError(
+                f"The last batch of `generator` would hold one sample (data set of {loader.size}, batch_size "
+                f"{loader.batch_size}): BatchNorm cannot normalise a single sample in training mode. Use "
+                "drop_last=True in the DataLoader or another batch_size.")
+        val = self._validation_tensors(validation_data)
+        self._fingerprint = {"data": loader.describe(), "settings": self.resume_settings(),
+                             "batch_size": loader.batch_size, **self._run_settings(scheduler)}
+        self._seed_everything()
+        resuming = resume and checkpoint is not None and (checkpoint[0] / ckpt.CHECKPOINT_NAME).exists()
+        self.prepare_generator(loader, resuming)
+        clf = self._classifier
+        checked: list[bool] = []
+
+        def epoch_batches(epoch: int) -> tuple[int | None, Iterator[Batch]]:
+            def gen() -> Iterator[Batch]:
+                for x_b, y_b in loader.epoch(self._check, self.device, clf.nb_classes, tuple(clf.input_shape)):
+                    if not checked:  # the model contract, on the first batch (before its training step)
+                        self.check_model(x_b.detach().cpu().numpy())
+                        checked.append(True)
+                    yield {"x": x_b, "y": y_b}
+
+            return loader.nb_batches, gen()
 
         return self._loop(epoch_batches, nb_epochs, scheduler, callbacks, verbose, val, checkpoint, resume)
 
@@ -887,7 +952,7 @@ class LatentTrainer(Trainer):
 
     def _loop(
         self,
-        epoch_batches: Callable[[int], tuple[int, Iterator[Batch]]],
+        epoch_batches: Callable[[int], tuple[int | None, Iterator[Batch]]],
         nb_epochs: int,
         scheduler: Any,
         callbacks: Sequence[Callback] | None,
@@ -960,7 +1025,7 @@ class LatentTrainer(Trainer):
     def _run_epoch(
         self,
         epoch: int,
-        epoch_batches: Callable[[int], tuple[int, Iterator[Batch]]],
+        epoch_batches: Callable[[int], tuple[int | None, Iterator[Batch]]],
         verbose: bool,
         val: tuple[torch.Tensor, torch.Tensor] | None,
         scheduler: Any,
