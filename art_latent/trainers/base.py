@@ -226,6 +226,9 @@ class LatentTrainer(Trainer):
         self._position = (0, 0)
         self._steps_taken = 0
         self._saved_buffers: list[torch.Tensor] | None = None
+        self._every_steps: int | None = None
+        self._resume_mid: dict[str, Any] | None = None
+        self._callbacks: list[Any] = []
         self._dist: DistributedContext | None = None
         # (identity of the method's write-once tensors, the file reference of their last write)
         self._write_once: tuple[Any, dict[str, Any]] | None = None
@@ -547,6 +550,7 @@ class LatentTrainer(Trainer):
         checkpoint_every: int = 1,
         resume: bool = False,
         drop_last: bool = False,
+        checkpoint_every_steps: int | None = None,
         **kwargs: Any,
     ) -> list[dict[str, float]]:
         """
@@ -564,7 +568,8 @@ class LatentTrainer(Trainer):
         :param scheduler: Anything with ``.step()`` (a ``torch.optim.lr_scheduler`` object), stepped once per epoch;
                           ``ReduceLROnPlateau`` receives the validation loss (training loss without validation).
         :param callbacks: Callables ``callback(trainer, epoch, logs)`` run after each epoch; one returning ``True``
-                          stops training.
+                          stops training. Objects with ``state_dict()`` / ``load_state_dict(state)`` have their
+                          state checkpointed and restored on resume (see :mod:`art_latent.callbacks`).
         :param verbose: Show progress bars.
         :param shuffle: Shuffle the samples every epoch.
         :param checkpoint_dir: Directory for ``checkpoint.pt``: model, optimizer(s), scheduler, GradScaler, RNG states
@@ -580,6 +585,10 @@ class LatentTrainer(Trainer):
         :param drop_last: Drop the last batch of each epoch when it is smaller than `batch_size`. Without it, a model
                           with BatchNorm layers and a last batch of one sample is refused before training (BatchNorm
                           cannot normalise one sample in training mode).
+        :param checkpoint_every_steps: Also write the checkpoint every this many optimizer steps inside an epoch
+                                       (default: at epoch ends only). A resume then continues from that step with
+                                       the weights, optimizer, data order, random state and epoch metrics an
+                                       uninterrupted run has there.
         :return: The history: one dict per epoch.
         """
         if kwargs:
@@ -593,7 +602,7 @@ class LatentTrainer(Trainer):
             return self.fit_generator(
                 LoaderBatches(x, argument="x").loader, nb_epochs=nb_epochs, validation_data=validation_data,
                 scheduler=scheduler, callbacks=callbacks, verbose=verbose, checkpoint_dir=checkpoint_dir,
-                checkpoint_every=checkpoint_every, resume=resume)
+                checkpoint_every=checkpoint_every, resume=resume, checkpoint_every_steps=checkpoint_every_steps)
         batch_size = check_int("batch_size", batch_size)
         nb_epochs = check_int("nb_epochs", nb_epochs)
         if not isinstance(drop_last, bool):
@@ -602,6 +611,7 @@ class LatentTrainer(Trainer):
             raise ValueError(f"`shuffle` must be True or False, got {shuffle!r}.")
         self._check_scheduler_and_callbacks(scheduler, callbacks)
         checkpoint = self._check_checkpoint_args(checkpoint_dir, checkpoint_every, resume)
+        self._every_steps = self._check_every_steps(checkpoint_every_steps, checkpoint)
         x_np, y_np = self._check(x, y)
         val = self._validation_tensors(validation_data)
         self._check_fit_params(x_np, y_np, batch_size)
@@ -662,6 +672,7 @@ class LatentTrainer(Trainer):
         checkpoint_dir: str | os.PathLike | None = None,
         checkpoint_every: int = 1,
         resume: bool = False,
+        checkpoint_every_steps: int | None = None,
         **kwargs: Any,
     ) -> list[dict[str, float]]:
         """
@@ -685,6 +696,10 @@ class LatentTrainer(Trainer):
         :param checkpoint_dir: See :meth:`fit`.
         :param checkpoint_every: See :meth:`fit`.
         :param resume: See :meth:`fit`.
+        :param checkpoint_every_steps: See :meth:`fit`; the resumed epoch replays the first batches of the epoch
+                                       from the generator (not trained on), so it resumes exactly when the generator
+                                       gives the same batches again (a DataLoader shuffling with torch's generator
+                                       does).
         :return: The history: one dict per epoch.
         """
         if kwargs:
@@ -699,6 +714,7 @@ class LatentTrainer(Trainer):
         nb_epochs = check_int("nb_epochs", nb_epochs)
         self._check_scheduler_and_callbacks(scheduler, callbacks)
         checkpoint = self._check_checkpoint_args(checkpoint_dir, checkpoint_every, resume)
+        self._every_steps = self._check_every_steps(checkpoint_every_steps, checkpoint)
         if loader is not None:
             return self._fit_loader(loader, nb_epochs, validation_data, scheduler, callbacks, verbose, checkpoint,
                                     resume)
@@ -740,6 +756,28 @@ class LatentTrainer(Trainer):
             return nb_batches, gen()
 
         return self._loop(epoch_batches, nb_epochs, scheduler, callbacks, verbose, val, checkpoint, resume)
+
+    @property
+    def resumable_mid_epoch(self) -> bool:
+        """
+        Whether a checkpoint inside an epoch can be resumed exactly: not when the method remakes per-sample data at
+        every epoch start from the model of that moment (HLDR's and the denoiser's ``regenerate="epoch"``), which a
+        resume cannot reproduce from a later model.
+        """
+        return getattr(self, "regenerate", None) != "epoch"
+
+    def _check_every_steps(self, value: int | None, checkpoint: tuple[Path, int] | None) -> int | None:
+        if value is None:
+            return None
+        value = check_int("checkpoint_every_steps", value)
+        if checkpoint is None:
+            raise ValueError("`checkpoint_every_steps` needs a `checkpoint_dir`.")
+        if not self.resumable_mid_epoch:
+            raise ValueError(
+                f"`checkpoint_every_steps` cannot be resumed exactly by {type(self).__name__} with "
+                "regenerate='epoch' (the epoch's pairs come from the model at the epoch start); use epoch checkpoints "
+                "or regenerate='never' / 'batch'.")
+        return value
 
     def _validation_tensors(self, validation_data: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
         if validation_data is None:
@@ -972,6 +1010,9 @@ class LatentTrainer(Trainer):
                 convert_sync_batchnorm(model, self.device)
             self._dist.broadcast_module(model)
             verbose = verbose and self._dist.is_main
+        if self._dist is not None and self._every_steps is not None:
+            raise ValueError("`checkpoint_every_steps` is not supported under data-parallel training yet (each process "
+                             "holds its own part of the epoch's metrics); use epoch checkpoints.")
         self._scaler = torch.amp.GradScaler(self.device.type) if self._amp_dtype == torch.float16 else None
         deferred = self.check_finite == "deferred" or (self.check_finite is True and self.device.type != "cpu")
         self._guard = DeferredFiniteGuard(self.device) if deferred and self._scaler is None else None
@@ -983,9 +1024,12 @@ class LatentTrainer(Trainer):
         self._write_once = None
         self.global_step = 0
         self._step_loggers = [c for c in callbacks if getattr(c, "every_n_steps", None)]
+        self._callbacks = callbacks
+        self._resume_mid = None
         if resume and path is not None and path.exists():
             start_epoch, self._stop = self._load_checkpoint(path, scheduler)
-            logger.info("Resumed from %s after epoch %d.", path, start_epoch)
+            logger.info("Resumed from %s after epoch %d%s.", path, start_epoch,
+                        "" if self._resume_mid is None else f" and {self._resume_mid['step']} steps of the next")
             if self._stop:
                 logger.info("The checkpointed run was stopped by a callback after epoch %d: nothing to resume.",
                             start_epoch)
@@ -1031,14 +1075,25 @@ class LatentTrainer(Trainer):
         scheduler: Any,
     ) -> dict[str, float]:
         started = time.perf_counter()
+        mid, self._resume_mid = self._resume_mid, None
+        if mid is not None:  # resuming inside this epoch: its start is replayed, then its first steps skipped
+            ckpt.set_rng_state(mid["epoch_rng"])
+            self._shuffle_generator.set_state(mid["epoch_shuffle_rng"].cpu())
+        epoch_start = (ckpt.rng_state(), self._shuffle_generator.get_state()) if self._every_steps else None
         self.train_mode()
         nb_batches, batches = epoch_batches(epoch)
         sums: dict[str, torch.Tensor] = {}
-        count = 0
-        bar = tqdm(batches, total=nb_batches, desc=f"epoch {epoch + 1}", leave=False, disable=not verbose)
+        count = first = 0
+        if mid is not None:
+            first, count, sums = int(mid["step"]), int(mid["count"]), dict(mid["sums"])
+            for _ in range(first):
+                next(batches)
+            ckpt.set_rng_state(mid["rng"])
+        bar = tqdm(batches, total=nb_batches, initial=first, desc=f"epoch {epoch + 1}", leave=False,
+                   disable=not verbose)
         guard = self._guard
         current = (epoch, -1)
-        for step, batch in enumerate(bar):
+        for step, batch in enumerate(bar, start=first):
             n = self._local_batch_size = len(batch["y"])
             self._position = current = (epoch, step)
             if self.check_finite:
@@ -1051,6 +1106,10 @@ class LatentTrainer(Trainer):
                     guard.end_batch(self._buffers(), self._saved_buffers)
                     if (step + 1) % self.log_every == 0:
                         self._read_guard()
+                mid_due = self._every_steps is not None and (step + 1) % self._every_steps == 0 \
+                    and (nb_batches is None or step + 1 < nb_batches)
+                if mid_due:
+                    self._read_guard()  # a pending failure must not reach a checkpoint
             except TrainingDivergedError as error:
                 self._diverge_at_position(error, scheduler, current)
             count += n
@@ -1064,6 +1123,10 @@ class LatentTrainer(Trainer):
                     sums[key] = sums[key] + value if key in sums else value.float()
             if verbose and (step + 1) % self.log_every == 0:
                 bar.set_postfix({k: f"{v.item() / count:.4f}" for k, v in sums.items()})
+            if mid_due and self._checkpoint is not None and epoch_start is not None:
+                self._write(self._checkpoint[0] / ckpt.CHECKPOINT_NAME, epoch, scheduler, mid={
+                    "step": step + 1, "count": count, "sums": dict(sums), "epoch_rng": epoch_start[0],
+                    "epoch_shuffle_rng": epoch_start[1]})
         if guard is not None:
             try:
                 self._read_guard()
@@ -1214,8 +1277,12 @@ class LatentTrainer(Trainer):
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _write(self, path: Path, epoch: int, scheduler: Any, batch: int | None = None) -> None:
-        """Write a checkpoint after `epoch` complete epochs (and `batch` more batches, for an emergency checkpoint)."""
+    def _write(self, path: Path, epoch: int, scheduler: Any, batch: int | None = None,
+               mid: dict[str, Any] | None = None) -> None:
+        """
+        Write a checkpoint after `epoch` complete epochs (and `batch` more batches, for an emergency checkpoint; `mid`:
+        the position and metrics of a resumable checkpoint inside the next epoch).
+        """
         if self._dist is None or self._dist.is_main:
             method = dict(self.state_dict())
             once = method.pop(WRITE_ONCE, None)
@@ -1250,6 +1317,8 @@ class LatentTrainer(Trainer):
                 "write_once": reference,
                 "fingerprint": self._fingerprint,
                 "settings_now": self.resume_settings(),
+                "mid_epoch": mid,
+                "callbacks": self._callback_states(),
             }
             ckpt.save_atomic(state, path)
             if once is not None and batch is None:
@@ -1368,7 +1437,28 @@ class LatentTrainer(Trainer):
         self.global_step = int(state.get("global_step", 0))
         # Not rewritten unless the method makes new tensors (checked by content at the next write).
         self._write_once = None if state.get("write_once") is None else (None, state["write_once"])
+        self._load_callback_states(state.get("callbacks") or {})
+        mid = state.get("mid_epoch")
+        self._resume_mid = None if mid is None else {**mid, "rng": state["rng"]}  # the random state at that step
         return int(state["epoch"]), bool(state.get("stopped", False))
+
+    def _callback_states(self) -> dict[str, Any]:
+        # Callback objects with state (state_dict / load_state_dict), by position in `callbacks`, with their class.
+        return {str(index): {"class": f"{type(c).__module__}.{type(c).__qualname__}", "state": c.state_dict()}
+                for index, c in enumerate(self._callbacks) if callable(getattr(c, "state_dict", None))}
+
+    def _load_callback_states(self, saved: dict[str, Any]) -> None:
+        for index, callback in enumerate(self._callbacks):
+            load = getattr(callback, "load_state_dict", None)
+            if not callable(load):
+                continue
+            entry = saved.get(str(index))
+            name = f"{type(callback).__module__}.{type(callback).__qualname__}"
+            if entry is None or entry.get("class") != name:
+                warnings.warn(f"The checkpoint holds no state for callbacks[{index}] ({name}): it starts afresh.",
+                              UserWarning, stacklevel=4)
+                continue
+            load(entry["state"])
 
     def _restore_changed_settings(self, state: dict[str, Any]) -> None:
         # Plain settings a callback changed during the run (e.g. a ramped regularization weight) are those of the
