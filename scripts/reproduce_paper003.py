@@ -25,7 +25,10 @@ Setup (``--help`` for every knob):
   and overshoot 0.02 inside the graph); c and the learning rate are chosen from ``--cs`` x ``--ft-lrs`` (the paper:
   c 25) on the **validation** split with the first seed of the MLP: the largest validation rho_2 among the runs whose
   validation accuracy is at most ``--max-acc-drop`` points below the reference's (else the most accurate run); the
-  LeNet, the other seeds and the other fine-tuning rows use the choice;
+  LeNet, the other seeds and the other fine-tuning rows use the choice. ``--candidates k`` restricts DeepFool to the
+  k highest clean logits (``DeepDefenseTrainer(candidates=k)``, the original DeepFool code's ``num_classes``;
+  default: all 9 other classes, the authors'): its runs, eps_ref evaluations, summary and tables carry ``_k<k>`` in
+  their names, so they sit beside the default ones in the same directory;
 * Adv. Train I: DeepFool (50 steps, overshoot 0.02, clipped to [0, 1]) of the reference on ``--df-subset`` training
   images, added to the training set with their true labels, fine-tuned with plain cross-entropy;
 * FGSM AT: ART ``AdversarialTrainer`` with ``FastGradientMethod(eps=--fgsm-eps)``, ratio 0.5 (untuned, fixed a
@@ -39,7 +42,8 @@ Setup (``--help`` for every knob):
 Run ``OMP_NUM_THREADS=1 python scripts/reproduce_paper003.py --out benchmarks/results/paper003``. Resumable: a run
 whose JSON exists in ``OUT/runs`` is not trained again (its weights are kept in ``OUT/weights/*.pt``, git-ignored, for
 the runs fine-tuned from it and for the FGSM evaluation). Writes ``OUT/runs/*.json``, ``OUT/eval/*.json`` (the eps_ref
-evaluation of each data set / model / seed), ``OUT/summary.json``, ``OUT/table.md`` and ``OUT/table.rst``.
+evaluation of each data set / model / seed), ``OUT/summary.json``, ``OUT/table.md`` and ``OUT/table.rst``
+(``summary_k3.json``, ... with ``--candidates 3``).
 """
 
 from __future__ import annotations
@@ -164,7 +168,8 @@ def make_classifier(model: nn.Module, lr: float) -> Any:
 # ---------------------------------------------------------------------------------------------------------- runs
 
 
-def run_key(dataset: str, model: str, method: str, seed: int, c: float | None = None, lr: float | None = None) -> str:
+def run_key(dataset: str, model: str, method: str, seed: int, c: float | None = None, lr: float | None = None,
+            candidates: int | None = None) -> str:
     """
     The file stem of one run.
 
@@ -174,9 +179,12 @@ def run_key(dataset: str, model: str, method: str, seed: int, c: float | None = 
     :param seed: The seed.
     :param c: Deep Defense's c (only for ``deep_defense``).
     :param lr: The fine-tuning learning rate (every method but ``reference``).
-    :return: E.g. ``mnist_mlp_deep_defense_c25_lr0.002_s0``.
+    :param candidates: Deep Defense's DeepFool candidates (only for ``deep_defense``; ``None``, all classes, adds
+                       nothing to the key).
+    :return: E.g. ``mnist_mlp_deep_defense_c25_lr0.002_s0`` or ``mnist_mlp_deep_defense_c25_k3_lr0.002_s0``.
     """
     tag = f"_c{c:g}" if method == "deep_defense" else ""
+    tag += f"_k{candidates}" if method == "deep_defense" and candidates is not None else ""
     tag += f"_lr{lr:g}" if method != "reference" else ""
     return f"{dataset}_{model}_{method}{tag}_s{seed}"
 
@@ -248,12 +256,13 @@ def train_run(dataset: str, model_name: str, method: str, seed: int, c: float | 
     from art_latent.trainers.deep_defense import DeepDefenseTrainer
 
     out = Path(args.out)
-    key = run_key(dataset, model_name, method, seed, c, lr)
+    candidates = args.candidates if method == "deep_defense" else None
+    key = run_key(dataset, model_name, method, seed, c, lr, candidates)
     cell = f"{dataset}/{model_name}"
     x_tr, y_tr = data["train"]
     model = build_model(model_name, seed)
     record: dict[str, Any] = {"dataset": dataset, "model": model_name, "method": method, "seed": seed, "c": c,
-                              "lr": lr, "key": key}
+                              "lr": lr, "candidates": candidates, "key": key}
     start = time.perf_counter()
     if method == "reference":
         clf = make_classifier(model, REF_LR)
@@ -281,7 +290,7 @@ def train_run(dataset: str, model_name: str, method: str, seed: int, c: float | 
         epochs = args.ft_epochs[cell]
         record.update(ft_epochs=epochs, ft_train_size=len(x_ft))
         if method == "deep_defense":
-            trainer = DeepDefenseTrainer(clf, lam=LAM, c=c, d=D, seed=seed)
+            trainer = DeepDefenseTrainer(clf, lam=LAM, c=c, d=D, seed=seed, candidates=candidates)
             history = trainer.fit(x_ft, y_ft, nb_epochs=epochs, batch_size=BATCH, scheduler=_halving(clf, epochs),
                                   verbose=not args.quiet)
             record["history"] = [{k: float(v) for k, v in h.items()} for h in history]
@@ -355,7 +364,7 @@ def get_run(dataset: str, model: str, method: str, seed: int, c: float | None, l
     :param args: The command-line arguments.
     :return: The record.
     """
-    key = run_key(dataset, model, method, seed, c, lr)
+    key = run_key(dataset, model, method, seed, c, lr, args.candidates)
     path = Path(args.out) / "runs" / f"{key}.json"
     weights = Path(args.out) / "weights" / f"{key}.pt"
     if path.exists() and weights.exists():
@@ -402,7 +411,8 @@ def evaluate_fgsm(dataset: str, model: str, seed: int, c: float, lr: float, meth
     """
     from art_latent.analysis.deepfool_metrics import accuracy_at_eps_ref, eps_ref
 
-    path = Path(args.out) / "eval" / f"{dataset}_{model}_c{c:g}_lr{lr:g}_s{seed}.json"
+    k_tag = "" if args.candidates is None else f"_k{args.candidates}"
+    path = Path(args.out) / "eval" / f"{dataset}_{model}_c{c:g}{k_tag}_lr{lr:g}_s{seed}.json"
     if path.exists():
         cached = json.loads(path.read_text(encoding="utf-8"))
         if set(methods) <= set(cached["fgsm"]):
@@ -410,7 +420,7 @@ def evaluate_fgsm(dataset: str, model: str, seed: int, c: float, lr: float, meth
 
     def load(method: str) -> Any:
         net = build_model(model, seed)
-        key = run_key(dataset, model, method, seed, c if method == "deep_defense" else None, lr)
+        key = run_key(dataset, model, method, seed, c if method == "deep_defense" else None, lr, args.candidates)
         net.load_state_dict(torch.load(Path(args.out) / "weights" / f"{key}.pt", map_location="cpu",
                                        weights_only=True))
         net.eval()
@@ -419,6 +429,8 @@ def evaluate_fgsm(dataset: str, model: str, seed: int, c: float, lr: float, meth
     x_te, y_te = data["test"]
     reference = eps_ref(load("deep_defense"), x_te, y_te, tol=1e-4)
     result = {"dataset": dataset, "model": model, "seed": seed, "c": c, "lr": lr, "eps_ref": reference, "fgsm": {}}
+    if args.candidates is not None:
+        result["candidates"] = args.candidates
     for method in methods:
         accs = accuracy_at_eps_ref(load(method), x_te, y_te, reference, FRACTIONS)
         result["fgsm"][method] = {f"{f:g}": a for f, a in accs.items()}
@@ -454,12 +466,13 @@ def _fmt(stat: Sequence[float], scale: float = 100.0, digits: int = 2) -> str:
     return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
-def write_tables(rows: list[dict[str, Any]], out: Path) -> None:
+def write_tables(rows: list[dict[str, Any]], out: Path, suffix: str = "") -> None:
     """
     ``table.md`` and ``table.rst``: ours (mean [95% CI] over seeds) next to the paper's MNIST numbers.
 
     :param rows: Summary rows.
     :param out: Output directory.
+    :param suffix: Appended to the file stems (``"_k3"``: ``table_k3.md``).
     """
     header = ["Data", "Net", "Method", "Seeds", "Acc. %", "rho_2 (x1e-2)", "@0.2 eps_ref %", "@0.5 eps_ref %",
               "@1.0 eps_ref %", "Paper (MNIST): Acc / rho_2 / @0.2 / @0.5 / @1.0"]
@@ -472,12 +485,12 @@ def write_tables(rows: list[dict[str, Any]], out: Path) -> None:
                      _fmt(r["test_rho2"], digits=1), *(_fmt(r["fgsm"][f"{f:g}"], digits=1) for f in FRACTIONS),
                      paper_s])
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(b) + " |" for b in body]
-    (out / "table.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+    (out / f"table{suffix}.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     rst = [".. list-table::", "   :header-rows: 1", ""]
     for line in [header] + body:
         rst.append("   * - " + line[0])
         rst.extend(f"     - {cell}" for cell in line[1:])
-    (out / "table.rst").write_text("\n".join(rst) + "\n", encoding="utf-8")
+    (out / f"table{suffix}.rst").write_text("\n".join(rst) + "\n", encoding="utf-8")
 
 
 def versions() -> dict[str, str]:
@@ -558,6 +571,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="test (and validation) images for rho_2; " + cells.format(DEFAULTS["n_rho"]))
     parser.add_argument("--ft-lrs", type=float, nargs="+", default=[FT_LR, 2e-3],
                         help="fine-tuning learning-rate grid (authors: 5e-4), chosen with c on validation")
+    parser.add_argument("--candidates", type=int, default=None,
+                        help="Deep Defense: DeepFool considers the k highest clean logits only (default: all classes, "
+                             "the authors'); named _k<k> in the run, evaluation, summary and table files")
     parser.add_argument("--fgsm-eps", type=float, default=0.1, help="FGSM AT budget (L-inf, pixels in [0, 1])")
     parser.add_argument("--limit", type=int, default=0, help="truncate every split (tests)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -621,7 +637,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                        "fgsm": {f"{f:g}": mean_ci([e["fgsm"][method][f"{f:g}"] for e in per_eval]) if per_eval
                                 else [math.nan] * 3 for f in FRACTIONS}}
                 if method == "deep_defense":
-                    row["c"] = c_star
+                    row.update(c=c_star, candidates=args.candidates)
                 if method != "reference":
                     row["lr"] = lr_star
                 rows.append(row)
@@ -645,6 +661,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                            f"batch {BATCH}, epochs {args.ft_epochs}, lr halved for the last epoch, training subset "
                            f"{args.ft_subset}",
             "deep_defense": {"lambda": LAM, "d": D, "c_grid": list(args.cs), "max_iter_train": 5, "overshoot": 0.02,
+                             "candidates": "all" if args.candidates is None else args.candidates,
                              "selection": f"largest validation rho_2 with validation accuracy drop <= "
                                           f"{args.max_acc_drop} points"},
             "adv_train_i": f"fixed DeepFool set (50 steps, overshoot 0.02, clipped) of the reference on "
@@ -666,9 +683,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "eval_s_all_runs": float(sum(r.get("eval_s", 0.0) for r in all_runs)),
         "nb_runs": len(all_runs),
     }
-    write_tables(rows, out)
-    _write_json(out / "summary.json", summary)
-    logger.info("Wrote %s (%d runs, %.0f s).", out / "summary.json", len(all_runs),
+    suffix = "" if args.candidates is None else f"_k{args.candidates}"
+    write_tables(rows, out, suffix)
+    _write_json(out / f"summary{suffix}.json", summary)
+    logger.info("Wrote %s (%d runs, %.0f s).", out / f"summary{suffix}.json", len(all_runs),
                 summary["runtime_s_this_invocation"])
     return summary
 

@@ -120,3 +120,15 @@ def test_paper_numbers_quoted(repro: ModuleType) -> None:
         assert paper["deep_defense"][4] == 50.0
         assert paper["deep_defense"][1] > paper["reference"][1]
     assert repro.PAPER_TABLE1["mlp"]["deep_defense"][1] / repro.PAPER_TABLE1["mlp"]["reference"][1] > 2.0
+
+
+def test_candidates_key(repro: ModuleType) -> None:
+    """
+    ``--candidates`` names only the Deep Defense runs, and the default (all classes) keeps the existing names.
+
+    :param repro: The script module.
+    """
+    assert repro.parse_args([]).candidates is None
+    assert repro.run_key("mnist", "mlp", "deep_defense", 0, 15.0, 2e-3) == "mnist_mlp_deep_defense_c15_lr0.002_s0"
+    assert repro.run_key("mnist", "mlp", "deep_defense", 0, 15.0, 2e-3, 3) == "mnist_mlp_deep_defense_c15_k3_lr0.002_s0"
+    assert repro.run_key("mnist", "mlp", "reference", 0, None, None, 3) == "mnist_mlp_reference_s0"
