@@ -143,14 +143,18 @@ def _cases() -> list[Case]:
             continue
         cases.append(Case(name, lambda c, x, y, cls=cls, make=make: _trainer_step(make(cls, c), x, y), description))
     if hasattr(T, "DeepDefenseTrainer"):
-        cases.insert(next(i for i, c in enumerate(cases) if c.name == "afd") + 1, Case(
-            "deep_defense", _deep_defense_step,
-            "Deep Defense (5 DeepFool iterations; labels: the model's predictions)",
-        ))
+        at = next(i for i, c in enumerate(cases) if c.name == "afd") + 1
+        cases[at:at] = [
+            Case("deep_defense", _deep_defense_step,
+                 "Deep Defense (5 DeepFool iterations, every class a candidate; labels: the model's predictions)"),
+            Case("deep_defense_top3", lambda c, x, y: _deep_defense_step(c, x, y, candidates=3),
+                 "Deep Defense with DeepFool on the 3 highest clean logits (candidates=3)"),
+        ]
     return cases
 
 
-def _deep_defense_step(clf: Any, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+def _deep_defense_step(clf: Any, x: torch.Tensor, y: torch.Tensor, candidates: int | None = None
+                       ) -> Callable[[], None]:
     # With random labels nearly every sample of the untrained model is misclassified, its DeepFool distance to the
     # random label is thousands of times |x| and the regularizer's exp(d * ratio) diverges in the first step (the
     # NaN guard stops it). Labelling the batch with the model's own predictions keeps every step finite and times
@@ -160,7 +164,7 @@ def _deep_defense_step(clf: Any, x: torch.Tensor, y: torch.Tensor) -> Callable[[
     with torch.no_grad():
         clf.model.eval()
         labels = clf.model(x).argmax(1)
-    step = _trainer_step(DeepDefenseTrainer(clf), x, labels)
+    step = _trainer_step(DeepDefenseTrainer(clf, candidates=candidates), x, labels)
     # Steps repeated on one batch drive this model through very different DeepFool regimes (all samples fooled after
     # 2 steps at one point, none before the 5th at another), so the timing would depend on the trajectory: every
     # timed step starts from the same weights and optimizer state (a load_state_dict: milliseconds against seconds).

@@ -75,8 +75,12 @@ class NoBatchNormNet(nn.Module):
         return self.head(self.fc_act(self.fc(x.flatten(1))))
 
 
-def hldr_weights_after_training(x, y, batch_size: int, checkpoint: str | None = None, distributed: bool = False):
-    """Train NoBatchNormNet with HLDR (sample normalization, FGSM pairs) for two epochs; return weights and history."""
+def hldr_weights_after_training(x, y, batch_size: int, checkpoint: str | None = None, distributed: bool = False,
+                                loader=None):
+    """
+    Train NoBatchNormNet with HLDR (sample normalization, FGSM pairs) for two epochs, on arrays or on `loader`; return
+    weights and history.
+    """
     from art.attacks.evasion import FastGradientMethod
 
     from art_latent import HLDRTrainer
@@ -85,8 +89,22 @@ def hldr_weights_after_training(x, y, batch_size: int, checkpoint: str | None = 
     clf = make_classifier(NoBatchNormNet(), lr=0.1)
     trainer = HLDRTrainer(clf, FastGradientMethod(clf, eps=0.1), budgets=(0.0, 0.1), normalization="sample", seed=0,
                           distributed=distributed, validation_attack=None)
-    history = trainer.fit(x, y, nb_epochs=2, batch_size=batch_size, checkpoint_dir=checkpoint, verbose=False)
+    if loader is not None:
+        history = trainer.fit_generator(loader, nb_epochs=2, checkpoint_dir=checkpoint, verbose=False)
+    else:
+        history = trainer.fit(x, y, nb_epochs=2, batch_size=batch_size, checkpoint_dir=checkpoint, verbose=False)
     return {k: v.detach().clone() for k, v in clf.model.state_dict().items()}, history
+
+
+def sharded_loader(x, y, batch_size: int, rank: int | None = None, world_size: int = 1):
+    """A DataLoader of (x, y) in order; with `rank`, this process's DistributedSampler shard (no shuffling)."""
+    from torch.utils.data import DataLoader, TensorDataset
+    from torch.utils.data.distributed import DistributedSampler
+
+    dataset = TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
+    sampler = None if rank is None else DistributedSampler(dataset, num_replicas=world_size, rank=rank,
+                                                               shuffle=False)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler)
 
 
 def ddp_worker(rank: int, world_size: int, port: int, x, y, out_dir: str) -> None:
@@ -99,8 +117,9 @@ def ddp_worker(rank: int, world_size: int, port: int, x, y, out_dir: str) -> Non
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
+        loader = sharded_loader(x, y, 8, rank, world_size) if os.environ.get("ART_LATENT_TEST_LOADER") else None
         weights, history = hldr_weights_after_training(x, y, batch_size=8, checkpoint=f"{out_dir}/ckpt",
-                                                       distributed=True)
+                                                       distributed=True, loader=loader)
         torch.save({"weights": weights, "history": history}, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()

@@ -7,7 +7,7 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
-from helpers import ddp_worker, hldr_weights_after_training
+from helpers import ddp_worker, hldr_weights_after_training, sharded_loader
 
 from art_latent.trainers.distributed import DistributedContext, convert_sync_batchnorm
 
@@ -30,6 +30,21 @@ def test_two_processes_match_one_process_on_the_combined_batch(tiny_data, tmp_pa
         # metrics are all-reduced: both ranks log the single-process history
         assert result["history"][-1]["loss"] == pytest.approx(ref_history[-1]["loss"], rel=1e-5)
     assert torch.load(tmp_path / "ckpt" / "checkpoint.pt", weights_only=True)["epoch"] == 2
+
+
+@pytest.mark.slow
+def test_two_processes_reading_their_shards_from_loaders_match_one_process(tiny_data, tmp_path, monkeypatch):
+    # DistributedSampler without shuffling gives rank r the samples r, r + 2, ...: the two batches of 8 make up
+    # the one-process batch of 16 in order, and each process reads only its half.
+    x, y = tiny_data
+    reference, ref_history = hldr_weights_after_training(x, y, batch_size=16, loader=sharded_loader(x, y, 16))
+    monkeypatch.setenv("ART_LATENT_TEST_LOADER", "1")  # read by the spawned workers
+    mp.spawn(ddp_worker, args=(2, _free_port(), x, y, str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+        for name, value in reference.items():
+            torch.testing.assert_close(result["weights"][name], value, atol=1e-5, rtol=0)
+        assert result["history"][-1]["loss"] == pytest.approx(ref_history[-1]["loss"], rel=1e-5)
 
 
 def test_single_process_is_not_distributed():

@@ -398,7 +398,7 @@ class AFDTrainer(LatentTrainer):
     @contextlib.contextmanager
     def fit_context(self) -> Iterator[None]:
         """The discriminator in train mode during ``fit`` (mode restored)."""
-        dist = getattr(self, "_dist", None)
+        dist = self.loop.distributed
         if dist is not None:  # data-parallel: every process starts from rank 0's discriminator, as for the model
             dist.broadcast_module(self.discriminator)
         with preserve_mode(self.discriminator):

@@ -14,6 +14,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,27 @@ def data_digest(*arrays: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class LoopContext:
+    """
+    What the training loop is doing, for a method's hooks (:attr:`LatentTrainer.loop`): read it instead of the loop's
+    private attributes.
+    """
+
+    #: The device the batches are on.
+    device: torch.device
+    #: The fp16 ``GradScaler`` of this ``fit`` (``amp="fp16"``), else ``None``: gradients seen in tensor hooks are
+    #: scaled by it.
+    scaler: torch.amp.GradScaler | None
+    #: The data-parallel context (``broadcast_module``, ``sum_``, ``world_size``, ...), or ``None``.
+    distributed: DistributedContext | None
+    #: The 0-based epoch and batch of the step in progress.
+    epoch: int
+    batch: int
+    #: Optimizer steps completed in the run (resumes included).
+    global_step: int
+
+
 class LatentTrainer(Trainer):
     """
     The training loop shared by every art_latent defense; on its own it trains with the classifier's loss (plain
@@ -226,6 +248,7 @@ class LatentTrainer(Trainer):
         self._position = (0, 0)
         self._steps_taken = 0
         self._saved_buffers: list[torch.Tensor] | None = None
+        self._scaler: torch.amp.GradScaler | None = None
         self._every_steps: int | None = None
         self._resume_mid: dict[str, Any] | None = None
         self._callbacks: list[Any] = []
@@ -300,6 +323,11 @@ class LatentTrainer(Trainer):
     def device(self) -> torch.device:
         """The classifier's device."""
         return self._classifier.device
+
+    @property
+    def loop(self) -> LoopContext:
+        """The loop's state for the method's hooks: device, fp16 scaler, data-parallel context, position."""
+        return LoopContext(self.device, self._scaler, self._dist, *self._position, self.global_step)
 
     def prepare_data(self, x: torch.Tensor, y: torch.Tensor) -> Batch:
         """
@@ -391,7 +419,7 @@ class LatentTrainer(Trainer):
         :param name: The loss's name in error messages (methods with several optimizers name their steps).
         :param terms: Further scalar terms to check, by name (the logs of :meth:`training_step`).
         """
-        scaler = getattr(self, "_scaler", None)
+        scaler = self._scaler
         (loss if scaler is None else scaler.scale(loss)).backward()
         self.sync_gradients(optimizer)
         if self.check_finite:
@@ -779,6 +807,13 @@ class LatentTrainer(Trainer):
                 "or regenerate='never' / 'batch'.")
         return value
 
+    def _dist_requested(self) -> bool:
+        import torch.distributed as dist
+
+        if self.distributed is False or not dist.is_available():
+            return False
+        return (dist.is_initialized() and dist.get_world_size() > 1) or int(os.environ.get("WORLD_SIZE", "1")) > 1
+
     def _validation_tensors(self, validation_data: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
         if validation_data is None:
             return None
@@ -813,7 +848,14 @@ class LatentTrainer(Trainer):
         clf = self._classifier
         checked: list[bool] = []
 
+        if self._dist_requested() and not loader.sharded:
+            warnings.warn("Data-parallel training from a loader without a DistributedSampler: every process trains "
+                          "on all of the data. Give each process DataLoader(..., sampler=DistributedSampler(...)).",
+                          UserWarning, stacklevel=3)
+
         def epoch_batches(epoch: int) -> tuple[int | None, Iterator[Batch]]:
+            loader.set_epoch(epoch)  # a DistributedSampler's shuffling, seeded per epoch
+
             def gen() -> Iterator[Batch]:
                 for x_b, y_b in loader.epoch(self._check, self.device, clf.nb_classes, tuple(clf.input_shape)):
                     if not checked:  # the model contract, on the first batch (before its training step)

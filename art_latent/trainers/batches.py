@@ -8,6 +8,11 @@ classifier's ``clip_values``, labels in range), so a wrong loader fails at its f
 batches a loader already put on an accelerator are checked by shape and dtype only (reading their values would
 synchronise the device). Host batches are pinned (unless the loader pins them: ``pin_memory=True``) and copied to
 the device without blocking. Nothing data-sized is kept on the device.
+
+Under data-parallel training each process passes its own loader reading its shard
+(``DataLoader(dataset, sampler=DistributedSampler(dataset), batch_size=b)``: a global batch is ``b`` times the number
+of processes); the loop calls the sampler's ``set_epoch`` before every epoch, and warns when the loader is not
+sharded (every process would train on all of the data).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.utils.data.distributed
 
 #: What a batch becomes: validated ``(x as float32, y as int64 class indices)``, on the host.
 Check = Callable[[Any, Any, str], tuple[np.ndarray, np.ndarray]]
@@ -54,6 +60,22 @@ class LoaderBatches:
             self.size = None
         self.drop_last = bool(getattr(loader, "drop_last", False))
         self._cycle: Iterator[Any] | None = None
+
+    @property
+    def _sampler(self) -> Any:
+        batch_sampler = getattr(self.loader, "batch_sampler", None)
+        return getattr(batch_sampler, "sampler", None) or getattr(self.loader, "sampler", None)
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the loader reads one process's shard (a ``DistributedSampler``)."""
+        return isinstance(self._sampler, torch.utils.data.distributed.DistributedSampler)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Tell a sampler with ``set_epoch`` (``DistributedSampler``) the epoch, so its shuffling changes per epoch."""
+        set_epoch = getattr(self._sampler, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)
 
     def describe(self) -> dict[str, Any]:
         """What identifies the data for a resume: the loader's class, data set size, batch size and batch count."""

@@ -212,7 +212,7 @@ class LayerwisePerturbationTrainer(LatentTrainer):
     def _gradient_hook(self, name: str, offset: int) -> Callable[[torch.Tensor], None]:
         def hook(grad: torch.Tensor) -> None:
             g = grad[offset:].detach().float()
-            scaler = getattr(self, "_scaler", None)
+            scaler = self.loop.scaler
             if scaler is not None:  # fp16: the loss was scaled before backward
                 get_scale = getattr(scaler, "_get_scale_async", None)
                 g = g / (get_scale() if get_scale is not None else scaler.get_scale())
