@@ -54,6 +54,11 @@ class EarlyStopping:
         self.best_epoch: int | None = None
         self.wait = 0
 
+    def on_fit_start(self, trainer: Any) -> None:
+        """A new run (no history restored from a checkpoint) starts counting afresh, also with a reused object."""
+        if not trainer.history:
+            self.best, self.best_epoch, self.wait = None, None, 0
+
     def __call__(self, trainer: Any, epoch: int, record: dict[str, float]) -> bool:
         if self.monitor not in record:
             raise KeyError(f"EarlyStopping watches {self.monitor!r}, which the history does not have: "

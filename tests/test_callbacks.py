@@ -61,3 +61,12 @@ def test_a_stateful_callback_without_saved_state_starts_afresh_with_a_warning(ti
         LatentTrainer(make_classifier(), seed=0).fit(*tiny_data, nb_epochs=2, batch_size=32, verbose=False,
                                                      checkpoint_dir=tmp_path, resume=True,
                                                      callbacks=[EarlyStopping("loss")])
+
+
+def test_a_reused_early_stopping_object_starts_afresh_in_a_new_run(tiny_data):
+    stop = EarlyStopping("loss", patience=1)
+    histories = []
+    for _ in range(2):  # the second run's first epoch is worse than the first run's best: it must not stop there
+        trainer = LatentTrainer(make_classifier(), seed=0)
+        histories.append(trainer.fit(*tiny_data, nb_epochs=3, batch_size=32, verbose=False, callbacks=[stop]))
+    assert len(histories[1]) == len(histories[0]) == 3

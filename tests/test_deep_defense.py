@@ -279,7 +279,7 @@ def test_never_estimated_batchnorm_is_estimated_once_and_a_fresh_resnet_trains()
 
 @pytest.mark.parametrize("candidates", [None, 2])
 def test_stepping_only_the_active_samples_gives_the_masked_result_and_gradients(candidates):
-    # stop_early=True computes each DeepFool step on the samples not yet fooled; the masked loop (no host read)
+    # compact=True computes each DeepFool step on the samples not yet fooled; the masked loop (no host read)
     # steps every sample with zeros for the stopped ones: same perturbation, iterations and parameter gradients.
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ELU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
@@ -293,7 +293,7 @@ def test_stepping_only_the_active_samples_gives_the_masked_result_and_gradients(
         x0 = x.clone().requires_grad_(True)
         logits = model(x0)
         result = deepfool(model, x0, labels=labels, max_iter=5, candidates=candidates, create_graph=True,
-                          logits=logits, stop_early=stop_early)
+                          logits=logits, stop_early=stop_early, compact=stop_early)
         correct = logits.detach().argmax(1) == labels
         deep_defense_regularizer(perturbation_ratio(result.perturbation, x), correct).backward()
         results.append((result, [p.grad.clone() for p in model.parameters()]))

@@ -82,3 +82,45 @@ def test_checkpoint_every_steps_is_checked_before_any_work(tiny_data, tmp_path):
     with pytest.raises(ValueError, match="regenerate='epoch'"):
         hldr.fit(*tiny_data, checkpoint_dir=tmp_path, checkpoint_every_steps=2)
     assert not (tmp_path / ckpt.CHECKPOINT_NAME).exists()
+
+
+def _mid_checkpoint(tiny_data, directory):
+    with pytest.raises(KilledError):
+        _run("plain", tiny_data, directory, kill_at=9)  # 6 batches of 16 per epoch: epoch 2, after step 2
+    return torch.load(directory / ckpt.CHECKPOINT_NAME, weights_only=True)
+
+
+def test_a_mid_epoch_resume_with_another_batch_size_is_refused_before_loading(tiny_data, tmp_path):
+    _mid_checkpoint(tiny_data, tmp_path)
+    clf = make_classifier()
+    before = [v.clone() for v in clf.model.state_dict().values()]
+    with pytest.raises(ValueError, match="inside an epoch with batch_size=32: it was written with batch_size=16"):
+        LatentTrainer(clf, seed=0).fit(*tiny_data, batch_size=32, nb_epochs=2, checkpoint_dir=tmp_path, resume=True,
+                                       verbose=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, clf.model.state_dict().values(), strict=True))
+
+
+CRAFTED = {
+    "step beyond the count": (lambda m: m.update(step=50), "step 50"),
+    "negative step": (lambda m: m.update(step=-3), "step -3"),
+    "step not an integer": (lambda m: m.update(step=2.5), "step 2.5"),
+    "sums missing": (lambda m: m.pop("sums"), "not a position inside an epoch"),
+    "sums not tensors": (lambda m: m.update(sums={"loss": "x"}), "sums are not scalar tensors"),
+    "random state garbage": (lambda m: m.update(epoch_rng={"torch": "x"}), "random states are not random states"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CRAFTED))
+def test_a_malformed_mid_epoch_entry_is_refused_before_loading(case, tiny_data, tmp_path):
+    state = _mid_checkpoint(tiny_data, tmp_path)
+    change, message = CRAFTED[case]
+    change(state["mid_epoch"])
+    state.pop("checksum", None)
+    state["checksum"] = ckpt.content_digest(state)
+    torch.save(state, tmp_path / ckpt.CHECKPOINT_NAME)
+    clf = make_classifier()
+    before = [v.clone() for v in clf.model.state_dict().values()]
+    with pytest.raises(ValueError, match=message):
+        LatentTrainer(clf, seed=0).fit(*tiny_data, batch_size=16, nb_epochs=2, checkpoint_dir=tmp_path, resume=True,
+                                       verbose=False, checkpoint_every_steps=1)
+    assert all(torch.equal(a, b) for a, b in zip(before, clf.model.state_dict().values(), strict=True))

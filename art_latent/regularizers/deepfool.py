@@ -40,6 +40,7 @@ def deepfool(
     create_graph: bool = False,
     logits: torch.Tensor | None = None,
     stop_early: bool = True,
+    compact: bool = False,
 ) -> DeepFoolResult:
     r"""
     Batched multi-class L2 DeepFool (Moosavi-Dezfooli et al. 2016) as Deep Defense uses it (paper 003, eq. 1-2).
@@ -78,10 +79,12 @@ def deepfool(
     :param logits: ``forward(x)`` when the caller already computed it (``x`` must then require gradients and be
                    the tensor the logits were computed from), so the first forward is shared with, e.g., the
                    cross-entropy.
-    :param stop_early: Compute each step on the samples still active only, and leave the loop once every sample
-                       has stopped: one host read per step (a synchronisation on an accelerator), about half the work
-                       at Deep Defense's 5 steps. The result is the same up to float rounding because stopped
-                       samples receive zero steps and samples are independent. ``False``: masks, no host read.
+    :param stop_early: Leave the loop once every sample has stopped (one host synchronisation per step; the result
+                       is the same because stopped samples receive zero steps).
+    :param compact: With `stop_early`, compute each step on the samples still active only instead of masking the
+                    stopped ones (the host read of `stop_early` gives their rows). Same result up to float rounding
+                    when `forward` treats samples independently (BatchNorm in eval mode, no dropout); a forward that
+                    couples the batch (train-mode BatchNorm) sees other batches and gives other results.
     :return: A :class:`DeepFoolResult`.
     """
     if not isinstance(max_iter, int) or isinstance(max_iter, bool) or max_iter < 1:
@@ -175,10 +178,12 @@ def deepfool(
         active = active & ~reached  # not in place: the graph holds the previous mask
         if step == max_iter - 1:
             break
-        if stop_early:
+        if stop_early and compact:
             rows = active.nonzero().squeeze(1)  # the host read: stopped samples are not computed any more
             if rows.numel() == 0:
                 break
+        elif stop_early and not bool(active.any()):
+            break
         with torch.enable_grad():
             x_next = x0 + total if create_graph else (x0.detach() + total)
             x_t = pick(x_next, rows)

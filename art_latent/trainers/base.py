@@ -240,6 +240,8 @@ class LatentTrainer(Trainer):
             raise ValueError(f"`distributed` must be 'auto', True or False, got {distributed!r}.")
         self.distributed = distributed
         self.sync_batchnorm = bool(sync_batchnorm)
+        if isinstance(check_finite, np.bool_):
+            check_finite = bool(check_finite)
         if check_finite not in (True, False, "immediate", "deferred") or isinstance(check_finite, (int, float)) \
                 and not isinstance(check_finite, bool):
             raise ValueError(f"`check_finite` must be True, False, 'immediate' or 'deferred', got {check_finite!r}.")
@@ -426,7 +428,8 @@ class LatentTrainer(Trainer):
             flags, names = self._finite_flags(loss, optimizer, name, terms or {}, gradients=scaler is None)
             guard = self._guard
             if guard is not None and scaler is None and not guard.first_step(optimizer):
-                guard.step(optimizer, flags, names, (*self._position, self._steps_taken, self.global_step))
+                guard.step(optimizer, flags, names, (*self._position, self._steps_taken, self.global_step),
+                           self._buffers())
                 self._steps_taken += 1
                 return
             if guard is not None:
@@ -844,6 +847,10 @@ class LatentTrainer(Trainer):
                              "batch_size": loader.batch_size, **self._run_settings(scheduler)}
         self._seed_everything()
         resuming = resume and checkpoint is not None and (checkpoint[0] / ckpt.CHECKPOINT_NAME).exists()
+        if resuming:
+            warnings.warn("Resuming a run that trains from a loader: its data is identified by the loader's class, "
+                          "data set size and batch size only, not by content (reading it all to hash it would cost "
+                          "an epoch). Resume only with the same data.", UserWarning, stacklevel=3)
         self.prepare_generator(loader, resuming)
         clf = self._classifier
         checked: list[bool] = []
@@ -1082,8 +1089,7 @@ class LatentTrainer(Trainer):
             start = getattr(callback, "on_fit_start", None)
             if callable(start):
                 start(self)
-        with sigterm_raises(), preserve_mode(model), preserve_requires_grad(model), self._classifier.keep_hooks(), \
-                self.fit_context():
+        with sigterm_raises(), preserve_mode(model), preserve_requires_grad(model), self.fit_context():
             epochs = tqdm(range(start_epoch, nb_epochs), desc=type(self).__name__, disable=not verbose, unit="epoch")
             for epoch in epochs:
                 record = self._run_epoch(epoch, epoch_batches, verbose, val, scheduler)
@@ -1128,47 +1134,66 @@ class LatentTrainer(Trainer):
         count = first = 0
         if mid is not None:
             first, count, sums = int(mid["step"]), int(mid["count"]), dict(mid["sums"])
+            if nb_batches is not None and first >= nb_batches:
+                raise ValueError(f"The checkpoint resumes epoch {epoch + 1} after step {first}, but the epoch has "
+                                 f"{nb_batches} batches: resume with the same data and batch size.")
             for _ in range(first):
-                next(batches)
+                if next(batches, None) is None:
+                    raise ValueError(f"The checkpoint resumes epoch {epoch + 1} after step {first}, but the epoch has "
+                                     "fewer batches now: resume with the same data and batch size.")
             ckpt.set_rng_state(mid["rng"])
         bar = tqdm(batches, total=nb_batches, initial=first, desc=f"epoch {epoch + 1}", leave=False,
                    disable=not verbose)
         guard = self._guard
         current = (epoch, -1)
-        for step, batch in enumerate(bar, start=first):
-            n = self._local_batch_size = len(batch["y"])
-            self._position = current = (epoch, step)
-            if self.check_finite:
-                self._snapshot_buffers()
-                if guard is not None:
-                    guard.start_batch()
+        # The capture hooks live during the batches only: user code run between epochs (callbacks, validation,
+        # checkpoint writes, a deepcopy of the model) sees none.
+        with self._classifier.keep_hooks():
             try:
-                loss, logits, logs = self.optimization_step(batch)
-                if guard is not None:
-                    guard.end_batch(self._buffers(), self._saved_buffers)
-                    if (step + 1) % self.log_every == 0:
+                for step, batch in enumerate(bar, start=first):
+                    n = self._local_batch_size = len(batch["y"])
+                    self._position = current = (epoch, step)
+                    if self.check_finite:
+                        self._snapshot_buffers()
+                        if guard is not None:
+                            guard.start_batch()
+                    try:
+                        loss, logits, logs = self.optimization_step(batch)
+                        if guard is not None:
+                            guard.end_batch(self._buffers(), self._saved_buffers)
+                            if (step + 1) % self.log_every == 0:
+                                self._read_guard()
+                        mid_due = self._every_steps is not None and (step + 1) % self._every_steps == 0 \
+                            and (nb_batches is None or step + 1 < nb_batches)
+                        log_due = any((self.global_step + 1) % c.every_n_steps == 0 for c in self._step_loggers)
+                        if mid_due or (log_due and guard is not None):
+                            self._read_guard()  # a pending failure must reach neither a checkpoint nor a logger
+                    except TrainingDivergedError as error:
+                        self._diverge_at_position(error, scheduler, current)
+                    count += n
+                    self.global_step += 1
+                    if self._step_loggers:
+                        self._log_step(loss, logits, batch["y"], logs)
+                    with torch.no_grad():
+                        metrics = {"loss": loss.detach() * n, "accuracy": (logits.argmax(1) == batch["y"]).sum()}
+                        metrics.update({k: v.detach() * n for k, v in logs.items()})
+                        for key, value in metrics.items():
+                            sums[key] = sums[key] + value if key in sums else value.float()
+                    if verbose and (step + 1) % self.log_every == 0:
+                        bar.set_postfix({k: f"{v.item() / count:.4f}" for k, v in sums.items()})
+                    if mid_due and self._checkpoint is not None and epoch_start is not None:
+                        self._write(self._checkpoint[0] / ckpt.CHECKPOINT_NAME, epoch, scheduler, mid={
+                            "step": step + 1, "count": count, "sums": dict(sums), "epoch_rng": epoch_start[0],
+                            "epoch_shuffle_rng": epoch_start[1]})
+            except TrainingDivergedError:
+                raise
+            except BaseException:
+                if guard is not None:  # a divergence still unread is the run's first failure: it is reported
+                    try:
                         self._read_guard()
-                mid_due = self._every_steps is not None and (step + 1) % self._every_steps == 0 \
-                    and (nb_batches is None or step + 1 < nb_batches)
-                if mid_due:
-                    self._read_guard()  # a pending failure must not reach a checkpoint
-            except TrainingDivergedError as error:
-                self._diverge_at_position(error, scheduler, current)
-            count += n
-            self.global_step += 1
-            if self._step_loggers:
-                self._log_step(loss, logits, batch["y"], logs)
-            with torch.no_grad():
-                metrics = {"loss": loss.detach() * n, "accuracy": (logits.argmax(1) == batch["y"]).sum()}
-                metrics.update({k: v.detach() * n for k, v in logs.items()})
-                for key, value in metrics.items():
-                    sums[key] = sums[key] + value if key in sums else value.float()
-            if verbose and (step + 1) % self.log_every == 0:
-                bar.set_postfix({k: f"{v.item() / count:.4f}" for k, v in sums.items()})
-            if mid_due and self._checkpoint is not None and epoch_start is not None:
-                self._write(self._checkpoint[0] / ckpt.CHECKPOINT_NAME, epoch, scheduler, mid={
-                    "step": step + 1, "count": count, "sums": dict(sums), "epoch_rng": epoch_start[0],
-                    "epoch_shuffle_rng": epoch_start[1]})
+                    except TrainingDivergedError as error:
+                        self._diverge_at_position(error, scheduler, current)
+                raise
         if guard is not None:
             try:
                 self._read_guard()
@@ -1374,6 +1399,7 @@ class LatentTrainer(Trainer):
             raise ValueError(f"Checkpoint {path} was written by {state['trainer']}, not {type(self).__name__}.")
         if state["batch"] is not None:
             raise ValueError(f"{path} is an emergency checkpoint (mid-epoch); resume from {ckpt.CHECKPOINT_NAME}.")
+        self._check_mid_epoch_entries(state, path)
         saved, current = state.get("fingerprint"), self._fingerprint
         if saved is not None and current is not None:
             problems = []
@@ -1405,6 +1431,13 @@ class LatentTrainer(Trainer):
                 warnings.warn(
                     f"Resuming {path}: the optimizer's options {current.get('optimizer')} differ from the run's "
                     f"{saved['optimizer']}; the checkpoint's options replace them.", UserWarning, stacklevel=5)
+            if state.get("mid_epoch") is not None and (saved.get("batch_size") != current.get("batch_size")
+                                                       or saved.get("drop_last") != current.get("drop_last")):
+                raise ValueError(
+                    f"Cannot resume from {path} inside an epoch with batch_size={current.get('batch_size')}: it was "
+                    f"written with batch_size={saved.get('batch_size')} (and drop_last={saved.get('drop_last')}), "
+                    "and the steps already taken are counted in batches. Resume with the same batch size, or from an "
+                    "epoch checkpoint.")
             if saved.get("batch_size") != current.get("batch_size"):
                 warnings.warn(
                     f"Resuming {path} with batch_size={current.get('batch_size')}, but it was written with "
@@ -1454,6 +1487,33 @@ class LatentTrainer(Trainer):
                 UserWarning, stacklevel=5)
             current["lr"] = saved.get("lr")  # what the run started with, in its later checkpoints too
 
+    @staticmethod
+    def _check_mid_epoch_entries(state: dict[str, Any], path: Path) -> None:
+        """The entries of a checkpoint inside an epoch and of callback states, checked before anything is loaded."""
+        bad = f"Checkpoint {path} is malformed: "
+        mid = state.get("mid_epoch")
+        if mid is not None:
+            if not isinstance(mid, dict) or set(mid) != {"step", "count", "sums", "epoch_rng", "epoch_shuffle_rng"}:
+                raise ValueError(bad + "its `mid_epoch` entry is not a position inside an epoch. Nothing was loaded.")
+            step, count, sums = mid["step"], mid["count"], mid["sums"]
+            if not (isinstance(step, int) and not isinstance(step, bool) and step >= 1
+                    and isinstance(count, int) and not isinstance(count, bool) and count >= step):
+                raise ValueError(bad + f"`mid_epoch` step {step!r} / sample count {count!r} are not positive "
+                                 "integers with count >= step. Nothing was loaded.")
+            if not isinstance(sums, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                     and v.numel() == 1 for k, v in sums.items()):
+                raise ValueError(bad + "`mid_epoch` sums are not scalar tensors by name. Nothing was loaded.")
+            rng, now = mid["epoch_rng"], state.get("rng")
+            if not isinstance(rng, dict) or not isinstance(now, dict) or set(rng) != set(now) \
+                    or any(type(rng[k]) is not type(now[k]) for k in now) \
+                    or not isinstance(mid["epoch_shuffle_rng"], torch.Tensor):
+                raise ValueError(bad + "`mid_epoch` random states are not random states. Nothing was loaded.")
+        callbacks = state.get("callbacks")
+        if callbacks is not None and (not isinstance(callbacks, dict) or not all(
+                isinstance(k, str) and isinstance(v, dict) and isinstance(v.get("class"), str) and "state" in v
+                for k, v in callbacks.items())):
+            raise ValueError(bad + "its `callbacks` entry is not callback states by position. Nothing was loaded.")
+
     def _load_checkpoint(self, path: Path, scheduler: Any) -> tuple[int, bool]:
         state = ckpt.load(path, map_location=self.device)
         self._check_resumable(state, path, scheduler)
@@ -1469,6 +1529,7 @@ class LatentTrainer(Trainer):
             if self._scaler is not None and state["scaler"] is not None:
                 self._scaler.load_state_dict(state["scaler"])
             self.load_state_dict(method)
+            self._load_callback_states(state.get("callbacks") or {})
         except BaseException:
             self._restore_backup(backup, scheduler)
             raise
@@ -1479,7 +1540,6 @@ class LatentTrainer(Trainer):
         self.global_step = int(state.get("global_step", 0))
         # Not rewritten unless the method makes new tensors (checked by content at the next write).
         self._write_once = None if state.get("write_once") is None else (None, state["write_once"])
-        self._load_callback_states(state.get("callbacks") or {})
         mid = state.get("mid_epoch")
         self._resume_mid = None if mid is None else {**mid, "rng": state["rng"]}  # the random state at that step
         return int(state["epoch"]), bool(state.get("stopped", False))

@@ -157,7 +157,10 @@ class DeepDefenseTrainer(LatentTrainer):
             candidates=self.candidates,
             create_graph=True,
             logits=logits,
-            stop_early=self.device.type == "cpu",  # on CPU the check costs no synchronisation
+            # On the CPU a host read costs no synchronisation: DeepFool stops early and steps only the samples it
+            # has not fooled yet (samples are independent: BatchNorm is frozen during fit).
+            stop_early=self.device.type == "cpu",
+            compact=self.device.type == "cpu",
         )
         ratio = perturbation_ratio(result.perturbation, x)
         correct = logits.detach().argmax(1) == y
