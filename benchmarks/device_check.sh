@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-shot GPU check (issue 18 item 4), about 5 minutes on an H100/H200: the CUDA test modules (no host
+# One-shot GPU check (issue 18 item 4), at most 7.5 minutes (timeouts per part) on an H100/H200: the CUDA test modules (no host
 # synchronisation per training step for every trainer, fp16 amp with GradScaler, bf16, SyncBatchNorm and a one-process
 # NCCL data-parallel run), the real-architecture tests on torchvision's resnet18 and timm's vit_tiny_patch16_224, and
 # the GPU benchmark (VGG-16 width 1, 32x32x3, batch 256: ms/sample and images/s of plain training, every method and
@@ -52,12 +52,17 @@ status=0
 } > "$OUT/device.txt" 2>&1
 cat "$OUT/device.txt"
 
-# The CUDA test modules and the real architectures (JUnit XML for the record), at most 4 minutes.
-timeout 240 "$PYTHON" -m pytest -q -p no:cacheprovider -o addopts="" tests/test_cuda_sync.py tests/test_gpu_models.py \
+# The CUDA test modules and the real architectures (JUnit XML for the record), at most 2.5 minutes.
+timeout 150 "$PYTHON" -m pytest -q -p no:cacheprovider -o addopts="" tests/test_cuda_sync.py tests/test_gpu_models.py \
     --junitxml="$OUT/cuda-tests.xml" 2>&1 | tee "$OUT/cuda-tests.log" || status=1
 
-# The GPU benchmark, at most 4 minutes.
-timeout 240 "$PYTHON" benchmarks/run.py --device cuda --width 1 --size 32 --channels 3 --batch-size 256 --repeats 3 \
+# The GPU benchmark: every method's time (at most 3 minutes), then the peak CUDA memory of the main ones (each in a
+# fresh process; at most 2 minutes). Each part writes its own JSON, so a timeout in one keeps the other.
+GPU_ARGS=(--device cuda --width 1 --size 32 --channels 3 --batch-size 256)
+timeout 180 "$PYTHON" benchmarks/run.py "${GPU_ARGS[@]}" --repeats 3 --no-memory \
     --json "$OUT/gpu-vgg16w1-b256.json" 2>&1 | tee "$OUT/gpu-benchmark.txt" || status=1
+timeout 120 "$PYTHON" benchmarks/run.py "${GPU_ARGS[@]}" --repeats 1 --steps 2 \
+    --methods plain art_adversarial_fgsm hldr_precomputed hldr_online_fgsm afd \
+    --json "$OUT/gpu-vgg16w1-b256-memory.json" 2>&1 | tee "$OUT/gpu-memory.txt" || status=1
 echo "device_check: exit status $status (0: every test passed and the benchmark ran)"
 exit $status
