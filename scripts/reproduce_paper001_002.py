@@ -867,7 +867,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             transfer = evaluate_transfer(seed, {r: keys[r] for r in ROWS}, data, args)
             state["transfers"].extend([] if transfer is None else [transfer])
         summary = write_summary(state, args, argv, started)
-        logger.info("seed %d done (%s); summary written", seed, ", ".join(rows))
+        logger.info("seed %d: %s finished; summary written", seed, ", ".join(sorted(keys)) or "nothing")
     bar.close()
     logger.info("Wrote %s (%d runs, %.0f s).", out / "summary.json", summary["nb_runs"],
                 summary["runtime_s_this_invocation"])
