@@ -74,6 +74,15 @@ def _trainer_step(trainer: Any, x: torch.Tensor, y: torch.Tensor, mixed: bool = 
     batch takes its rows from every budget group of precomputed pairs in turn (as a shuffled epoch mixes them).
     """
     data = trainer.prepare_data(x, y)
+    spec = trainer.sample_state() if hasattr(trainer, "sample_state") else None  # absent before the SampleState
+    store = None
+    if spec is not None:  # as the loop: stored rows made once, per-batch rows made in every step
+        from art_latent.trainers.sample_state import SampleStore
+
+        store = SampleStore(spec, x.device)
+        if store.stored:
+            store.build(0, x, y)
+            data = store.merge(data, store.data)
     data = trainer.on_epoch_start(0, data)
     n, groups = len(x), len(data["y"]) // len(x)
     rows = torch.arange(n) + (torch.arange(n) % groups) * n if mixed else torch.arange(n)
@@ -85,7 +94,7 @@ def _trainer_step(trainer: Any, x: torch.Tensor, y: torch.Tensor, mixed: bool = 
 
     def step() -> None:
         trainer.train_mode()
-        trainer.optimization_step(batch)
+        trainer.optimization_step(batch if store is None or store.stored else store.complete(dict(batch)))
 
     step.context = context  # type: ignore[attr-defined]  # a collected context would run its exit (hooks removed)
     return step

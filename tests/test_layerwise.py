@@ -232,7 +232,7 @@ def test_hooks_removed_after_an_exception(tiny_data):
     trainer.training_step = failing
     with pytest.raises(RuntimeError, match="interrupted"):
         trainer.fit(*tiny_data, nb_epochs=2, batch_size=16, verbose=False)
-    assert _hook_count(clf.model) == 0 and trainer._cache == {} and trainer._state is None
+    assert _hook_count(clf.model) == 0 and trainer.carried == {} and trainer._state is None
 
 
 def test_a_site_perturbs_only_its_own_call_of_a_shared_module(tiny_data):
@@ -247,7 +247,7 @@ def test_a_site_perturbs_only_its_own_call_of_a_shared_module(tiny_data):
         with torch.no_grad():
             model(x)
             with trainer.fit_context():
-                trainer._cache = {"res.relu#1": torch.ones(4, 4, 8, 8)}
+                trainer.carried = {"res.relu#1": torch.ones(4, 4, 8, 8)}
                 with trainer._forward("cached"):
                     perturbed = model(x)
             # only the block output (call 1) is shifted by the cached perturbation; call 0 (after bn1) is not

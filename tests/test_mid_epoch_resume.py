@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from art.attacks.evasion import FastGradientMethod
 from helpers import make_classifier
 from test_reliability import FACTORIES, _weights  # every trainer, seeded, in settings whose steps stay finite
 from torch.utils.data import DataLoader, TensorDataset
 
-from art_latent import HLDRTrainer, LatentTrainer
+from art_latent import LatentTrainer
 from art_latent.trainers import checkpoint as ckpt
 
 TRAINERS = {name: (lambda clf, make=make: make(clf, 0)) for name, make in FACTORIES.items()}
@@ -78,9 +77,6 @@ def test_checkpoint_every_steps_is_checked_before_any_work(tiny_data, tmp_path):
         LatentTrainer(clf).fit(*tiny_data, checkpoint_every_steps=2)
     with pytest.raises(ValueError, match="`checkpoint_every_steps`"):
         LatentTrainer(clf).fit(*tiny_data, checkpoint_dir=tmp_path, checkpoint_every_steps=0)
-    hldr = HLDRTrainer(clf, FastGradientMethod(clf, eps=0.1), regenerate="epoch")
-    with pytest.raises(ValueError, match="regenerate='epoch'"):
-        hldr.fit(*tiny_data, checkpoint_dir=tmp_path, checkpoint_every_steps=2)
     assert not (tmp_path / ckpt.CHECKPOINT_NAME).exists()
 
 

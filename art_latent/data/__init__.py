@@ -10,6 +10,7 @@ import logging
 import os
 
 from art_latent.data.bundled import bundled_metadata, load_bundled_fashion_mnist
+from art_latent.data.indexed import IndexedDataset
 from art_latent.data.loaders import (
     FASHION_MNIST_CLASSES,
     MNIST_CLASSES,
@@ -59,6 +60,7 @@ __all__ = [
     "FASHION_MNIST_CLASSES",
     "MNIST_CLASSES",
     "DatasetSplits",
+    "IndexedDataset",
     "bundled_metadata",
     "load_bundled_fashion_mnist",
     "load_cifar10",

@@ -20,7 +20,8 @@ from torch import nn
 from art_latent.estimator import LatentClassifier
 from art_latent.perturbations import GaussianNoiseSource, PerturbationSource, budget_pairs
 from art_latent.regularizers.disparity import NORMALIZATIONS, latent_disparity
-from art_latent.trainers.base import WRITE_ONCE, Batch, LatentTrainer
+from art_latent.trainers.base import Batch, LatentTrainer
+from art_latent.trainers.sample_state import SampleState
 from art_latent.utils import preserve_mode
 from art_latent.validation import check_budget_units, check_choice, check_int, check_range
 
@@ -369,11 +370,6 @@ class DenoiserTrainer(LatentTrainer):
         self.normalization = normalization
         self.generation_batch_size = generation_batch_size
         self.guide_layer = self._resolve_guide(guide_layer)
-        self._base: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._targets_cache: torch.Tensor | None = None
-        self._fresh = False
-        self._restored: Batch | None = None
-        self._current: Batch | None = None
 
     # ------------------------------------------------------------------ set-up
 
@@ -446,9 +442,10 @@ class DenoiserTrainer(LatentTrainer):
                 outputs.append(self._guide(self._plain, x[begin : begin + self.generation_batch_size])[1])
         return torch.cat(outputs)
 
-    def rows_per_sample(self) -> int:
-        """One pair per budget (and one noise pair) per sample, except with ``regenerate="batch"``."""
-        return 1 if self.regenerate == "batch" else len(self.budgets) + (self.noise is not None)
+    def sample_state(self) -> SampleState:
+        """The pairs and their clean targets, made by :meth:`make_pairs` and remade as `regenerate` says."""
+        return SampleState(self.make_pairs, self.regenerate, len(self.budgets) + (self.noise is not None),
+                           "denoiser pairs")
 
     def checkpointed_networks(self) -> dict[str, nn.Module]:
         """The denoiser's network (``state_dict()["denoiser"]``)."""
@@ -470,25 +467,6 @@ class DenoiserTrainer(LatentTrainer):
         return {"x_pair": pairs["x_pair"], "y": pairs["y"],
                 "target": target.repeat(copies, *([1] * (target.ndim - 1)))}
 
-    def prepare_data(self, x: torch.Tensor, y: torch.Tensor) -> Batch:
-        if self.regenerate == "batch":
-            return {"x": x, "y": y}
-        self._base = (x, y)
-        if self._restored is not None:
-            data, self._restored = self._restored, None
-            return {k: v.to(self.device) for k, v in data.items()}
-        logger.info("Generating the denoiser pairs of %d samples x %d budgets.", len(x), len(self.budgets))
-        self._fresh = True
-        self._targets_cache = self.targets(x)
-        return self.make_pairs(x, y, self._targets_cache)
-
-    def on_epoch_start(self, epoch: int, data: Batch) -> Batch:
-        if self.regenerate == "epoch" and not self._fresh and self._base is not None:
-            data = self.make_pairs(*self._base, self._targets_cache)
-        self._fresh = False
-        self._current = data
-        return data
-
     # ------------------------------------------------------------------ step
 
     def optimization_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
@@ -498,16 +476,13 @@ class DenoiserTrainer(LatentTrainer):
         return super().optimization_step(batch)
 
     def training_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        nb = len(batch["y"])
-        if "x_pair" not in batch:
-            batch = self.make_pairs(batch["x"], batch["y"])  # rows [:nb] are the first budget's pairs
         logits, guide = self._guide(self._classifier, batch["x_pair"])
         target = batch["target"]
         if self.normalization is None:
             loss = (guide.float() - target.float()).abs().mean()
         else:
             loss = latent_disparity([target], [guide], self.normalization, 1)
-        return loss, logits[:nb], {}
+        return loss, logits, {}
 
     def trained_modules(self) -> list[nn.Module]:
         return [self.denoiser.network]  # the classifier is frozen
@@ -537,14 +512,8 @@ class DenoiserTrainer(LatentTrainer):
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"denoiser": {k: v.detach().cpu() for k, v in self.denoiser.state_dict().items()}}
-        if self.regenerate == "never" and self._current is not None:
-            state[WRITE_ONCE] = self._current  # never changes: written once per run
-        return state
+        return {"denoiser": {k: v.detach().cpu() for k, v in self.denoiser.state_dict().items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.denoiser.network.load_state_dict(state["denoiser"])
-        pairs = state.get(WRITE_ONCE, state.get("pairs"))  # "pairs": checkpoints of format 2
-        if pairs is not None:
-            self._restored = pairs
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
+import itertools
 import logging
 import math
 import os
@@ -34,6 +35,7 @@ from art_latent.trainers.batches import LoaderBatches
 from art_latent.trainers.distributed import DistributedContext, convert_sync_batchnorm
 from art_latent.trainers.finite_guard import DeferredFiniteGuard
 from art_latent.trainers.interrupts import sigterm_raises
+from art_latent.trainers.sample_state import SampleState, SampleStore
 from art_latent.utils import preserve_mode, preserve_requires_grad
 from art_latent.validation import check_budget_units, check_data, check_int
 
@@ -158,11 +160,14 @@ class LatentTrainer(Trainer):
     fine-tuning, the undefended baseline).
 
     ``fit`` owns batching, device placement, epochs, progress bars, validation, history, callbacks, schedulers and
-    checkpoint/resume. A defense overrides :meth:`training_step` (and, when it needs extra per-sample tensors such
-    as precomputed adversarial pairs, :meth:`prepare_data` / :meth:`on_epoch_start`).
+    checkpoint/resume. A defense overrides :meth:`training_step`; what it keeps per training sample (precomputed
+    adversarial pairs, fixed noise) it declares in :meth:`sample_state`, and what it carries from one step to the
+    next (a previous batch's gradients) it keeps in :attr:`carried`: the loop stores, refreshes, checkpoints and
+    restores both.
 
-    The whole training set lives on the classifier's device; per batch nothing is copied to the host: metrics are
-    accumulated on the device and read once per epoch (and at each progress-bar refresh when `verbose`).
+    ``fit(x, y)`` keeps the training set on the classifier's device; a loader's batches are copied there one at a
+    time. Per batch nothing is copied to the host: metrics are accumulated on the device and read once per epoch (and
+    at each progress-bar refresh when `verbose`).
     """
 
     #: The exception raised on a non-finite loss or gradient (methods may raise a subclass).
@@ -170,7 +175,8 @@ class LatentTrainer(Trainer):
     #: Whether the training attack may be a targeted one (a method that documents a use for it sets ``True``).
     allows_targeted_attack: bool = False
     #: Attributes that do not change what a run computes: a resumed run may set them differently.
-    resume_ignores: frozenset[str] = frozenset({"history", "log_every", "check_finite", "distributed", "global_step"})
+    resume_ignores: frozenset[str] = frozenset({"history", "log_every", "check_finite", "distributed", "global_step",
+                                                "sample_state_dir", "carried"})
     #: The argument that named :attr:`regularized_layers` (for error messages).
     layers_argument: str = "layers"
 
@@ -184,6 +190,7 @@ class LatentTrainer(Trainer):
         distributed: bool | str = "auto",
         sync_batchnorm: bool = False,
         check_finite: bool | str = True,
+        sample_state_dir: str | os.PathLike | None = None,
     ) -> None:
         """
         :param classifier: The classifier to train; a plain ART ``PyTorchClassifier`` is wrapped in a
@@ -210,6 +217,10 @@ class LatentTrainer(Trainer):
                              each epoch (see :mod:`art_latent.trainers.finite_guard` for the trade-off); ``True``
                              (default) is immediate on the CPU and deferred on accelerators. ``False`` checks only
                              the epoch's mean loss.
+        :param sample_state_dir: A directory for memory-mapped files holding the method's per-sample state (e.g.
+                                 HLDR's precomputed pairs) when training from a loader, for data sets whose pairs do
+                                 not fit in host memory; default: host memory. See
+                                 :mod:`art_latent.trainers.sample_state`.
         """
         if not isinstance(classifier, PyTorchClassifier):
             raise TypeError(
@@ -246,6 +257,14 @@ class LatentTrainer(Trainer):
                 and not isinstance(check_finite, bool):
             raise ValueError(f"`check_finite` must be True, False, 'immediate' or 'deferred', got {check_finite!r}.")
         self.check_finite: bool | str = check_finite
+        if sample_state_dir is not None and not isinstance(sample_state_dir, str | os.PathLike):
+            raise ValueError(f"`sample_state_dir` must be a directory path or None, got {sample_state_dir!r}.")
+        self.sample_state_dir = None if sample_state_dir is None else os.fspath(sample_state_dir)
+        #: Tensors a method carries from one step to the next (layerwise training's previous-batch perturbations):
+        #: emptied at the start of every fit, written into every checkpoint and restored by a resume.
+        self.carried: dict[str, torch.Tensor] = {}
+        self._samples: SampleStore | None = None
+        self._build_samples: Callable[[int], None] | None = None
         self._guard: DeferredFiniteGuard | None = None
         self._position = (0, 0)
         self._steps_taken = 0
@@ -331,9 +350,19 @@ class LatentTrainer(Trainer):
         """The loop's state for the method's hooks: device, fp16 scaler, data-parallel context, position."""
         return LoopContext(self.device, self._scaler, self._dist, *self._position, self.global_step)
 
+    def sample_state(self) -> SampleState | None:
+        """
+        What the method keeps per training sample and when it is remade (precomputed pairs, fixed noise), or
+        ``None`` (default). The loop makes, stores, finds by sample index, refreshes, checkpoints and restores it;
+        each batch given to :meth:`training_step` holds its rows. See :mod:`art_latent.trainers.sample_state`.
+        """
+        return None
+
     def prepare_data(self, x: torch.Tensor, y: torch.Tensor) -> Batch:
         """
-        Build the per-sample tensors the epochs iterate over (on the device). Called once at the start of ``fit``.
+        Build the per-sample tensors the epochs iterate over (on the device). Called once at the start of ``fit``
+        (for work on the whole training set before the first epoch, such as AT-LR's layer analysis; per-sample state
+        is declared in :meth:`sample_state` instead).
 
         :param x: Training inputs.
         :param y: Class indices.
@@ -654,12 +683,21 @@ class LatentTrainer(Trainer):
         self._seed_everything()
         x_t, y_t = self._to_device(x_np, y_np)
 
+        def build_samples(epoch: int) -> None:
+            assert self._samples is not None
+            self._samples.build(epoch, x_t, y_t)
+
+        self._build_samples = build_samples
         state: list[Batch] = []  # the per-sample tensors, made by prepare_data at the first epoch
 
         def epoch_batches(epoch: int) -> tuple[int, Iterator[Batch]]:
             if not state:
                 state.append(self.prepare_data(x_t, y_t))
             data = state[0] = self.on_epoch_start(epoch, state[0])
+            samples = self._samples
+            if samples is not None and samples.stored:
+                assert samples.data is not None
+                data = samples.merge(data, samples.data)
             n = len(data["y"])
             # The order is drawn on the host; per-sample tensors a method keeps on the host (e.g. HLDR's budget of
             # each pair, read without a device synchronisation) are indexed with the host copy.
@@ -771,6 +809,7 @@ class LatentTrainer(Trainer):
         self._seed_everything()
         resuming = resume and checkpoint is not None and (checkpoint[0] / ckpt.CHECKPOINT_NAME).exists()
         self.prepare_generator(generator, resuming)
+        self._build_samples = None  # an ART DataGenerator's samples cannot be found again: made per batch
         nb_batches = math.ceil(generator.size / generator.batch_size)
         checked: list[bool] = []
 
@@ -788,26 +827,12 @@ class LatentTrainer(Trainer):
 
         return self._loop(epoch_batches, nb_epochs, scheduler, callbacks, verbose, val, checkpoint, resume)
 
-    @property
-    def resumable_mid_epoch(self) -> bool:
-        """
-        Whether a checkpoint inside an epoch can be resumed exactly: not when the method remakes per-sample data at
-        every epoch start from the model of that moment (HLDR's and the denoiser's ``regenerate="epoch"``), which a
-        resume cannot reproduce from a later model.
-        """
-        return getattr(self, "regenerate", None) != "epoch"
-
     def _check_every_steps(self, value: int | None, checkpoint: tuple[Path, int] | None) -> int | None:
         if value is None:
             return None
         value = check_int("checkpoint_every_steps", value)
         if checkpoint is None:
             raise ValueError("`checkpoint_every_steps` needs a `checkpoint_dir`.")
-        if not self.resumable_mid_epoch:
-            raise ValueError(
-                f"`checkpoint_every_steps` cannot be resumed exactly by {type(self).__name__} with "
-                "regenerate='epoch' (the epoch's pairs come from the model at the epoch start); use epoch checkpoints "
-                "or regenerate='never' / 'batch'.")
         return value
 
     def _dist_requested(self) -> bool:
@@ -860,15 +885,36 @@ class LatentTrainer(Trainer):
                           "on all of the data. Give each process DataLoader(..., sampler=DistributedSampler(...)).",
                           UserWarning, stacklevel=3)
 
+        def checked_batches() -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+            for x_b, y_b, index in loader.epoch(self._check, self.device, clf.nb_classes, tuple(clf.input_shape)):
+                if not checked:  # the model contract, on the first batch (before any work on it)
+                    self.check_model(x_b.detach().cpu().numpy())
+                    checked.append(True)
+                yield x_b, y_b, index
+
+        def build_samples(epoch: int) -> None:
+            samples = self._samples
+            assert samples is not None
+            loader.set_epoch(epoch)
+            batches = checked_batches()
+            first = next(batches, None)
+            if first is None:
+                raise ValueError("`generator` yields no batch.")
+            if first[2] is None or loader.size is None:
+                why = "the loader yields no sample indices" if first[2] is None else "its data set has no length"
+                samples.make_per_batch(f"{why}; to make them once per sample, iterate a DataLoader over "
+                                       "art_latent.data.IndexedDataset(dataset), which yields (x, y, index)")
+                return
+            samples.fill(epoch, loader.size, itertools.chain([first], batches))
+
+        self._build_samples = build_samples
+
         def epoch_batches(epoch: int) -> tuple[int | None, Iterator[Batch]]:
             loader.set_epoch(epoch)  # a DistributedSampler's shuffling, seeded per epoch
 
             def gen() -> Iterator[Batch]:
-                for x_b, y_b in loader.epoch(self._check, self.device, clf.nb_classes, tuple(clf.input_shape)):
-                    if not checked:  # the model contract, on the first batch (before its training step)
-                        self.check_model(x_b.detach().cpu().numpy())
-                        checked.append(True)
-                    yield {"x": x_b, "y": y_b}
+                for x_b, y_b, index in checked_batches():
+                    yield {"x": x_b, "y": y_b} if index is None else {"x": x_b, "y": y_b, "index": index}
 
             return loader.nb_batches, gen()
 
@@ -948,9 +994,11 @@ class LatentTrainer(Trainer):
     def rows_per_sample(self) -> int:
         """
         How many rows each training sample becomes in the per-epoch data of ``fit`` (HLDR: one pair per budget):
-        used to check the last batch before any work. Default: 1.
+        used to check the last batch before any work. Default: the :meth:`sample_state`'s rows when it is stored, else
+        1.
         """
-        return 1
+        spec = self.sample_state()
+        return spec.rows if spec is not None and spec.refresh != "batch" else 1
 
     def _check_last_batch(self, n: int, batch_size: int, drop_last: bool) -> None:
         if n % batch_size == 1 and not (drop_last and n > batch_size) and self._has_batchnorm():
@@ -1067,7 +1115,6 @@ class LatentTrainer(Trainer):
         self._guard = DeferredFiniteGuard(self.device) if deferred and self._scaler is None else None
         self._checkpoint = checkpoint
         path, every = (None, 1) if checkpoint is None else (checkpoint[0] / ckpt.CHECKPOINT_NAME, checkpoint[1])
-        start_epoch = 0
         self.history = []
         self._stop = False
         self._write_once = None
@@ -1075,6 +1122,26 @@ class LatentTrainer(Trainer):
         self._step_loggers = [c for c in callbacks if getattr(c, "every_n_steps", None)]
         self._callbacks = callbacks
         self._resume_mid = None
+        self.carried = {}
+        spec = self.sample_state()
+        self._samples = None if spec is None else SampleStore(spec, self.device, self.sample_state_dir)
+        if self._samples is not None and self._samples.stored and self._build_samples is None:
+            self._samples.make_per_batch("an ART DataGenerator's samples cannot be found again; give fit_generator "
+                                         "a DataLoader over art_latent.data.IndexedDataset(dataset) instead")
+        try:
+            return self._loop_epochs(nb_epochs, epoch_batches, scheduler, callbacks, verbose, val, path, every,
+                                     resume)
+        finally:
+            if self._samples is not None:
+                self._samples.close()
+            self._samples, self._build_samples = None, None
+            self.carried = {}
+
+    def _loop_epochs(self, nb_epochs: int, epoch_batches: Callable[[int], tuple[int | None, Iterator[Batch]]],
+                     scheduler: Any, callbacks: list[Any], verbose: bool, val: tuple[torch.Tensor, torch.Tensor] | None,
+                     path: Path | None, every: int, resume: bool) -> list[dict[str, float]]:
+        model, checkpoint = self._classifier.model, self._checkpoint
+        start_epoch = 0
         if resume and path is not None and path.exists():
             start_epoch, self._stop = self._load_checkpoint(path, scheduler)
             logger.info("Resumed from %s after epoch %d%s.", path, start_epoch,
@@ -1124,6 +1191,11 @@ class LatentTrainer(Trainer):
     ) -> dict[str, float]:
         started = time.perf_counter()
         mid, self._resume_mid = self._resume_mid, None
+        samples = self._samples
+        if samples is not None and samples.due(epoch):
+            # Before the epoch's random state is recorded: a resume inside the epoch restores the rows instead.
+            assert self._build_samples is not None
+            self._build_samples(epoch)
         if mid is not None:  # resuming inside this epoch: its start is replayed, then its first steps skipped
             ckpt.set_rng_state(mid["epoch_rng"])
             self._shuffle_generator.set_state(mid["epoch_shuffle_rng"].cpu())
@@ -1151,6 +1223,10 @@ class LatentTrainer(Trainer):
         with self._classifier.keep_hooks():
             try:
                 for step, batch in enumerate(bar, start=first):
+                    if samples is not None and (samples.per_batch or samples.indexed):
+                        batch = samples.complete(batch)
+                    else:
+                        batch.pop("index", None)
                     n = self._local_batch_size = len(batch["y"])
                     self._position = current = (epoch, step)
                     if self.check_finite:
@@ -1353,6 +1429,10 @@ class LatentTrainer(Trainer):
         if self._dist is None or self._dist.is_main:
             method = dict(self.state_dict())
             once = method.pop(WRITE_ONCE, None)
+            samples = self._samples
+            # Rows made once per run are written once; an epoch's rows only where the epoch goes on after the write.
+            if samples is not None and (samples.spec.refresh == "never" or mid is not None or batch is not None):
+                once = samples.state_dict()
             reference = None
             if once is not None:  # never-changing per-sample tensors: their own file, written once per run
                 identity = tuple((key, id(value)) for key, value in sorted(once.items()))
@@ -1386,9 +1466,10 @@ class LatentTrainer(Trainer):
                 "settings_now": self.resume_settings(),
                 "mid_epoch": mid,
                 "callbacks": self._callback_states(),
+                "carried": {key: value.detach().cpu() for key, value in self.carried.items()},
             }
             ckpt.save_atomic(state, path)
-            if once is not None and batch is None:
+            if batch is None:
                 ckpt.remove_unreferenced_blobs(path.parent)
         if self._dist is not None:
             self._dist.barrier()
@@ -1518,8 +1599,22 @@ class LatentTrainer(Trainer):
         state = ckpt.load(path, map_location=self.device)
         self._check_resumable(state, path, scheduler)
         method = dict(state["method"])
+        once = None
         if state.get("write_once") is not None:  # verified (SHA-256) before it is read
-            method[WRITE_ONCE] = ckpt.load_blob(state["write_once"], path.parent, map_location="cpu")
+            once = ckpt.load_blob(state["write_once"], path.parent, map_location="cpu")
+        samples = self._samples
+        if samples is not None:  # checkpoints of format 2 held the rows in the method's state
+            legacy = method.pop("pairs", None)
+            if once is None and legacy is None and isinstance(method.get("x_noisy"), torch.Tensor):
+                legacy = {"x_noisy": method.pop("x_noisy")}
+            once = once if once is not None else legacy
+        elif once is not None:
+            method[WRITE_ONCE] = once
+        carried = state.get("carried") or {}
+        if not isinstance(carried, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                    for k, v in carried.items()):
+            raise ValueError(f"Checkpoint {path} is malformed: its `carried` entry is not tensors by name. Nothing "
+                             "was loaded.")
         backup = self._backup(scheduler)
         try:
             self._classifier.model.load_state_dict(state["model"])
@@ -1530,8 +1625,14 @@ class LatentTrainer(Trainer):
                 self._scaler.load_state_dict(state["scaler"])
             self.load_state_dict(method)
             self._load_callback_states(state.get("callbacks") or {})
+            if samples is not None and once is not None:
+                samples.load_state_dict(once)
+            self.carried.update({key: value.to(self.device) for key, value in carried.items()})
         except BaseException:
             self._restore_backup(backup, scheduler)
+            if samples is not None:
+                samples.close()
+            self.carried = {}
             raise
         self._restore_changed_settings(state)
         self.history = list(state["history"])

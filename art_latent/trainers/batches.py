@@ -33,8 +33,10 @@ class LoaderBatches:
     The batches of one pass over `loader`, validated and moved to `device`.
 
     :param loader: A ``torch.utils.data.DataLoader`` or any object that can be iterated more than once, each pass
-                   yielding ``(x, y)`` (further items, such as sample indices, are ignored) with ``x`` of shape
-                   ``(n, *input_shape)`` and ``y`` class indices ``(n,)`` or one-hot rows.
+                   yielding ``(x, y)`` or ``(x, y, index)`` with ``x`` of shape ``(n, *input_shape)``, ``y`` class
+                   indices ``(n,)`` or one-hot rows and ``index`` the samples' integer indices in the data set
+                   (:class:`~art_latent.data.IndexedDataset` adds them): methods with per-sample state find their
+                   samples' rows by it (further items are ignored).
     :param argument: The argument's name in error messages.
     :raises TypeError: If `loader` is not iterable, or is a one-shot iterator (a generator object).
     """
@@ -89,10 +91,11 @@ class LoaderBatches:
         raise TypeError(f"Batch {index} of `{self.argument}` must be an (x, y) pair, got {type(item).__name__}.")
 
     def epoch(self, check: Check, device: torch.device, nb_classes: int, input_shape: tuple[int, ...]
-              ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+              ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         """
-        One pass: ``(x, y)`` per batch on `device`, validated with `check` (host batches) or by shape and dtype
-        (batches already on an accelerator).
+        One pass: ``(x, y, index)`` per batch, `x` and `y` on `device`, validated with `check` (host batches) or by
+        shape and dtype (batches already on an accelerator); `index` (the samples' indices, on the host) is ``None``
+        when the batch has none.
 
         :param check: ``check(x, y, name)`` returning ``(x float32, y int64 indices)`` on the host, or raising.
         :param device: The training device.
@@ -103,13 +106,27 @@ class LoaderBatches:
             x, y = self._split(item, index)
             name = f"batch {index} of `{self.argument}`"
             if isinstance(x, torch.Tensor) and x.device.type != "cpu":
-                yield self._on_device(x, y, name, device, nb_classes, input_shape)
+                yield (*self._on_device(x, y, name, device, nb_classes, input_shape), self._indices(item, name))
                 continue
             try:
                 x_np, y_np = check(x, y, "x")
             except ValueError as error:
                 raise ValueError(f"{name}: {error}") from None
-            yield self._to_device(x, x_np, device), self._to_device(y, y_np, device)
+            yield self._to_device(x, x_np, device), self._to_device(y, y_np, device), self._indices(item, name)
+
+    def _indices(self, item: Any, name: str) -> torch.Tensor | None:
+        """The batch's sample indices (a third item of integers, one per sample) on the host, or ``None``."""
+        if not isinstance(item, (tuple, list)) or len(item) < 3:
+            return None
+        value = item[2]
+        if isinstance(value, np.ndarray):
+            value = torch.from_numpy(value)
+        if not isinstance(value, torch.Tensor) or value.dtype.is_floating_point or value.dtype == torch.bool \
+                or value.is_complex():
+            return None  # a third item that is not indices (e.g. sample weights): not ours to read
+        if value.ndim != 1 or len(value) != len(item[0]):
+            raise ValueError(f"{name}: its sample indices must have shape ({len(item[0])},), got {tuple(value.shape)}.")
+        return value.cpu().long()
 
     @staticmethod
     def _to_device(original: Any, checked: np.ndarray, device: torch.device) -> torch.Tensor:

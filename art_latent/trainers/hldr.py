@@ -18,13 +18,14 @@ from art_latent.perturbations import (
     budget_pairs,
 )
 from art_latent.regularizers import NORMALIZATIONS, latent_disparity
-from art_latent.trainers.base import WRITE_ONCE, Batch, LatentTrainer
+from art_latent.trainers.base import Batch, LatentTrainer
+from art_latent.trainers.sample_state import SampleState
 from art_latent.validation import check_budget_units, check_choice, check_int, check_range
 
 logger = logging.getLogger(__name__)
 
 REGENERATE = ("never", "epoch", "batch")
-#: The host copy of each pair's budget in the per-sample data (see ``skip_benign_pairs``).
+#: The host copy of each pair's budget (see ``skip_benign_pairs``).
 HOST_EPS = "eps_host"
 
 
@@ -48,8 +49,9 @@ class HLDRTrainer(LatentTrainer):
 
     With ``regenerate="never"`` (the paper) the adversarial examples are generated once, on the starting model, at
     the start of ``fit``; ``"epoch"`` regenerates them on the current model before every epoch, ``"batch"`` for
-    every batch (then ``batch_size`` counts benign samples, each expanded to its ``len(budgets)`` (+1) pairs; this is
-    also what ``fit_generator`` does).
+    every batch (then ``batch_size`` counts benign samples, each expanded to its ``len(budgets)`` (+1) pairs). The
+    pairs are the trainer's per-sample state (:meth:`sample_state`): from a loader each batch of samples trains on
+    all their pairs, found by sample index (see :mod:`art_latent.trainers.sample_state`).
 
     | Paper link: https://doi.org/10.1109/IJCNN52387.2021.9533551 (arXiv: https://arxiv.org/abs/2110.05419)
     | Authors' code: https://github.com/dmschwar/robust-ldr
@@ -134,16 +136,13 @@ class HLDRTrainer(LatentTrainer):
         self.normalization = check_choice("normalization", normalization, NORMALIZATIONS)
         self.p = check_choice("p", p, (1, 2))
         self.generation_batch_size = check_int("generation_batch_size", generation_batch_size)
-        self._base: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._fresh = False
-        self._restored: Batch | None = None
-        self._current: Batch | None = None
 
     # ------------------------------------------------------------------ pairs
 
-    def rows_per_sample(self) -> int:
-        """One pair per budget (and one noise pair) per sample, except with ``regenerate="batch"``."""
-        return 1 if self.regenerate == "batch" else len(self.budgets) + (self.noise is not None)
+    def sample_state(self) -> SampleState:
+        """The pairs, made by :meth:`make_pairs` and remade as `regenerate` says."""
+        return SampleState(self.make_pairs, self.regenerate, len(self.budgets) + (self.noise is not None),
+                           "HLDR pairs")
 
     def make_pairs(self, x: torch.Tensor, y: torch.Tensor) -> Batch:
         """
@@ -151,41 +150,18 @@ class HLDRTrainer(LatentTrainer):
 
         :param x: Benign inputs on the device.
         :param y: Class indices.
-        :return: ``{"x", "x_pair", "y", "eps"}``, ``len(budgets)`` (+1) times as long as `x`, grouped by budget;
-                 ``eps`` is the pair's budget (``-1`` for a noise pair).
+        :return: ``{"x", "x_pair", "y", "eps", "eps_host"}``, ``len(budgets)`` (+1) times as long as `x`, grouped by
+                 budget; ``eps`` is the pair's budget (``-1`` for a noise pair), ``eps_host`` the same on the host.
         """
-        return budget_pairs(self.attack, x, y, self.budgets, self.noise, self.generation_batch_size)
-
-    def prepare_data(self, x: torch.Tensor, y: torch.Tensor) -> Batch:
-        self._base = (x, y)
-        if self.regenerate == "batch":
-            return {"x": x, "y": y}
-        if self._restored is not None:
-            data, self._restored = self._restored, None
-            return {k: v.to(self.device) for k, v in data.items() if k != HOST_EPS}
-        self._fresh = True
-        logger.info("Generating the HLDR pairs of %d samples x %d budgets.", len(x), len(self.budgets))
-        return self.make_pairs(x, y)
-
-    def on_epoch_start(self, epoch: int, data: Batch) -> Batch:
-        if self.regenerate == "epoch" and not self._fresh and self._base is not None:
-            data = self.make_pairs(*self._base)
-        self._fresh = False
-        data = {k: v for k, v in data.items() if k != HOST_EPS}
-        self._current = data  # what the checkpoints hold (without the host copy)
-        # The budget of each pair on the host: which pairs are (x, x) is known per batch without a device sync.
-        return {**data, HOST_EPS: data["eps"].cpu()} if self.skip_benign_pairs and "eps" in data else data
+        pairs = budget_pairs(self.attack, x, y, self.budgets, self.noise, self.generation_batch_size)
+        budgets = self.budgets + ((-1.0,) if self.noise is not None else ())
+        pairs[HOST_EPS] = torch.tensor(budgets, dtype=torch.float64).repeat_interleave(len(x))
+        return pairs
 
     # ------------------------------------------------------------------ step
 
     def training_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        nb_benign = len(batch["x"])
-        eps_host = batch.get(HOST_EPS)
-        if "x_pair" not in batch:
-            batch = self.make_pairs(batch["x"], batch["y"])  # rows [:nb_benign] are the first budget's copy of x
-            eps_host = torch.tensor(self.budgets + ((-1.0,) if self.noise is not None else ())).repeat_interleave(
-                nb_benign)
-        x, x_pair, y = batch["x"], batch["x_pair"], batch["y"]
+        x, x_pair, y, eps_host = batch["x"], batch["x_pair"], batch["y"], batch.get(HOST_EPS)
         n = len(x)
         attacked = None
         if self.skip_benign_pairs and eps_host is not None:
@@ -201,18 +177,4 @@ class HLDRTrainer(LatentTrainer):
         # a budget-0 pair (x, x) has the clean activations as its perturbed ones: it adds 0 to the numerator
         disparity = latent_disparity(clean, perturbed, self.normalization, self.p, rows=attacked)
         loss = (1.0 - self.xi) * ce + self.xi * disparity
-        return loss, logits[:nb_benign], {"ce": ce.detach(), "regularizer": disparity.detach()}
-
-    # ------------------------------------------------------------------ checkpoints
-
-    def state_dict(self) -> dict[str, Any]:
-        # Precomputed pairs were made on the *starting* model: a resumed run must reuse them, not remake them.
-        # They never change: written once per run, not into every checkpoint.
-        if self.regenerate == "never" and self._current is not None:
-            return {WRITE_ONCE: self._current}
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pairs = state.get(WRITE_ONCE, state.get("pairs"))  # "pairs": checkpoints of format 2
-        if pairs is not None:
-            self._restored = pairs
+        return loss, logits, {"ce": ce.detach(), "regularizer": disparity.detach()}

@@ -130,11 +130,9 @@ class LayerwisePerturbationTrainer(LatentTrainer):
         self._state: str | None = None  # None: hooks are inert (validation, attacks, prediction)
         self._offset = 0
         self._seen: set[str] = set()
-        self._cache: dict[str, torch.Tensor] = {}
         self._outputs: dict[str, torch.Tensor] = {}
         self._current: dict[str, torch.Tensor] = {}
         self._logs: dict[str, torch.Tensor] = {}
-        self._restored: dict[str, torch.Tensor] | None = None
 
     @property
     def regularized_layers(self) -> list[str]:
@@ -150,9 +148,6 @@ class LayerwisePerturbationTrainer(LatentTrainer):
     def _hooked(self) -> Iterator[None]:
         clf = self._classifier
         self._reset()
-        if self._restored is not None:  # resuming: the perturbation the interrupted run would have used next
-            self._cache = {name: value.to(self.device) for name, value in self._restored.items()}
-            self._restored = None
         try:
             # one hook per site's module, firing on the site's call only ("relu#1" leaves the relu's first call alone)
             with CallHooks(clf.model, self.sites, self._site_hook, roots=[clf.model, clf._model]):
@@ -162,7 +157,7 @@ class LayerwisePerturbationTrainer(LatentTrainer):
 
     def _reset(self) -> None:
         self._state = None
-        self._cache, self._outputs, self._current, self._logs = {}, {}, {}, {}
+        self._outputs, self._current, self._logs = {}, {}, {}
         self._seen = set()
 
     @contextlib.contextmanager
@@ -192,9 +187,10 @@ class LayerwisePerturbationTrainer(LatentTrainer):
             perturbation = self._current[name]
             self._log_size(name, output, perturbation)
             return output + perturbation.to(output.dtype)
-        # "cached": the perturbation of the previous batch's gradient, on rows [offset:]
+        # "cached": the perturbation of the previous batch's gradient, on rows [offset:]; the loop carries it from
+        # step to step (and through checkpoints)
         offset = self._offset
-        cached = self._cache.get(name)
+        cached = self.carried.get(name)
         target_shape = (output.shape[0] - offset, *output.shape[1:])
         result = output
         if cached is not None and tuple(cached.shape) == target_shape:
@@ -218,7 +214,7 @@ class LayerwisePerturbationTrainer(LatentTrainer):
                 g = g / (get_scale() if get_scale is not None else scaler.get_scale())
             if self.variant == "joint":
                 g = g / (1.0 - self.alpha)  # the joint loss weights the perturbed copy by 1 - alpha
-            self._cache[name] = self._perturbation(g)
+            self.carried[name] = self._perturbation(g)
 
         return hook
 
@@ -274,10 +270,6 @@ class LayerwisePerturbationTrainer(LatentTrainer):
 
     # ------------------------------------------------------------------ checkpoints
 
-    def state_dict(self) -> dict[str, Any]:
-        # The cached perturbation is part of the state: without it a resumed run would skip one perturbation.
-        return {"cache": {name: value.detach().cpu() for name, value in self._cache.items()}}
-
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "cache" in state:
-            self._restored = dict(state["cache"])
+        if "cache" in state:  # checkpoints written before the loop carried the perturbations
+            self.carried.update({name: value.to(self.device) for name, value in state["cache"].items()})

@@ -14,7 +14,8 @@ import torch
 from art_latent.estimator import LatentClassifier
 from art_latent.perturbations import GaussianNoiseSource
 from art_latent.regularizers.stability import stability_kl
-from art_latent.trainers.base import WRITE_ONCE, Batch, LatentTrainer
+from art_latent.trainers.base import Batch, LatentTrainer
+from art_latent.trainers.sample_state import SampleState
 from art_latent.validation import check_budget_units, check_range
 
 logger = logging.getLogger(__name__)
@@ -73,17 +74,22 @@ class GaussianNoiseTrainer(LatentTrainer):
         self.keep_clean = keep_clean
         self.fixed_noise = fixed_noise
         self.noise = _noise_source(self._classifier, sigma)
-        self._x_noisy: torch.Tensor | None = None
-        self._restored: torch.Tensor | None = None
 
-    def prepare_data(self, x: torch.Tensor, y: torch.Tensor) -> Batch:
+    def sample_state(self) -> SampleState | None:
+        """With `fixed_noise`, one noisy copy per sample, drawn at the start of ``fit`` (a resume reuses it)."""
         if not self.fixed_noise:
-            return {"x": x, "y": y}
-        if self._restored is not None:
-            self._x_noisy, self._restored = self._restored.to(self.device), None
-        else:
-            self._x_noisy = self.noise.generate(x, y)
-        return {"x": x, "y": y, "x_noisy": self._x_noisy}
+            return None
+        return SampleState(self.make_noisy, "never", 1, "fixed noisy copies")
+
+    def make_noisy(self, x: torch.Tensor, y: torch.Tensor) -> Batch:
+        """
+        The noisy copies of `x`.
+
+        :param x: Clean inputs on the device.
+        :param y: Class indices.
+        :return: ``{"x_noisy"}``.
+        """
+        return {"x_noisy": self.noise.generate(x, y)}
 
     def training_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         x, y = batch["x"], batch["y"]
@@ -95,17 +101,6 @@ class GaussianNoiseTrainer(LatentTrainer):
         logits_all = model(self._preprocess(torch.cat([x, x_noisy])))
         loss = self._classifier._loss(logits_all, torch.cat([y, y]))
         return loss, logits_all[: len(x)], {}
-
-    def state_dict(self) -> dict[str, Any]:
-        # A resumed run must reuse the fixed noisy copies, not draw new ones.
-        if self.fixed_noise and self._x_noisy is not None:
-            return {WRITE_ONCE: {"x_noisy": self._x_noisy}}  # never changes: written once per run
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        noisy = state.get(WRITE_ONCE, state)  # top-level "x_noisy": checkpoints of format 2
-        if "x_noisy" in noisy:
-            self._restored = noisy["x_noisy"]
 
 
 class StabilityTrainer(LatentTrainer):
