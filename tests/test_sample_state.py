@@ -12,6 +12,7 @@ import pytest
 import torch
 from art.attacks.evasion import FastGradientMethod
 from helpers import make_classifier
+from test_reliability import FACTORIES as EVERY_TRAINER
 from test_reliability import _weights
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -247,3 +248,49 @@ def test_a_run_killed_mid_epoch_resumes_exactly_with_its_per_sample_state(name, 
     resumed, history = _run(factory, data, tmp_path, resume=True, loader=loader, epochs=3)
     assert all(torch.equal(a, b) for a, b in zip(reference, resumed, strict=True))
     assert [h["loss"] for h in history] == [h["loss"] for h in ref_history]
+
+
+@pytest.mark.parametrize("name", sorted(EVERY_TRAINER))
+def test_fit_from_host_memory_trains_as_fit_on_the_device(name, tiny_data):
+    data = tiny_data[0][:48], tiny_data[1][:48]
+    weights, histories = [], []
+    for in_memory in (True, False):
+        clf = make_classifier()
+        clf._optimizer = torch.optim.SGD(clf.model.parameters(), lr=0.05, momentum=0.9)
+        trainer = EVERY_TRAINER[name](clf, 0)
+        histories.append([h["loss"] for h in trainer.fit(*data, batch_size=16, nb_epochs=2, verbose=False,
+                                                          in_memory=in_memory)])
+        weights.append(_weights(trainer))
+    assert all(torch.equal(a, b) for a, b in zip(*weights, strict=True))
+    assert histories[0] == histories[1]
+
+
+def test_fit_from_host_memory_resumes_mid_epoch_exactly_with_pairs_remade_every_epoch(tiny_data, tmp_path):
+    data = tiny_data[0][:48], tiny_data[1][:48]
+
+    def run(directory=None, resume=False, kill_at=None):
+        clf = make_classifier()
+        trainer = _hldr(clf, regenerate="epoch")
+        original, calls = trainer.optimization_step, {"n": 0}
+
+        def step(batch):
+            calls["n"] += 1
+            if calls["n"] == kill_at:
+                raise KeyboardInterrupt
+            return original(batch)
+
+        trainer.optimization_step = step
+        trainer.fit(*data, batch_size=16, nb_epochs=3, verbose=False, in_memory=False, checkpoint_dir=directory,
+                    resume=resume, checkpoint_every_steps=None if directory is None else 2)
+        return _weights(trainer)
+
+    reference = run()
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, kill_at=9 + 3)  # 9 batches of 16 pairs per epoch: epoch 2, after its second step
+    resumed = run(tmp_path, resume=True)
+    assert all(torch.equal(a, b) for a, b in zip(reference, resumed, strict=True))
+
+
+def test_in_memory_is_checked(tiny_data):
+    with pytest.raises(ValueError, match="`in_memory` must be True, False or None"):
+        _hldr(make_classifier()).fit(*tiny_data, in_memory="yes")

@@ -265,6 +265,7 @@ class LatentTrainer(Trainer):
         self.carried: dict[str, torch.Tensor] = {}
         self._samples: SampleStore | None = None
         self._build_samples: Callable[[int], None] | None = None
+        self._samples_by_index = False  # batches take their per-sample rows by index (a loader)
         self._guard: DeferredFiniteGuard | None = None
         self._position = (0, 0)
         self._steps_taken = 0
@@ -583,6 +584,39 @@ class LatentTrainer(Trainer):
     def _preprocess(self, x: torch.Tensor) -> torch.Tensor:
         return self._classifier._apply_preprocessing(x, y=None, fit=False, no_grad=False)[0]
 
+    def _resident(self, x: np.ndarray, in_memory: bool | None) -> bool:
+        """Whether ``fit(x, y)`` keeps its data on the device (see its `in_memory`)."""
+        if in_memory is not None:
+            return in_memory
+        if self.device.type != "cuda":
+            return True
+        spec = self.sample_state()
+        rows = 0 if spec is None or spec.refresh == "batch" else spec.rows
+        needed = x.nbytes * (1 + 2 * rows)  # the inputs, and per stored row an input and its pair
+        free = torch.cuda.mem_get_info(self.device)[0]
+        if needed * 2 > free:
+            logger.info("The training data and per-sample rows (~%.0f MiB) would take over half of the device's free "
+                        "memory (%.0f MiB): they stay in host memory, batches are copied per step.", needed / 2**20,
+                        free / 2**20)
+            return False
+        return True
+
+    def _host_batch(self, data: Batch, rows: torch.Tensor) -> Batch:
+        """A batch of ``fit(x, y, in_memory=False)``: rows of the host data and per-sample store, on the device."""
+        samples = self._samples
+        if samples is not None and samples.stored:
+            batch = samples.rows(rows)  # several rows per sample: the store's rows are the batch
+            if samples.spec.rows == 1:  # one: row i is sample i, with its x and y
+                batch.update({k: self._host_rows(v, rows) for k, v in data.items() if k not in batch})
+            return batch
+        return {k: self._host_rows(v, rows) for k, v in data.items()}
+
+    def _host_rows(self, tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        picked = tensor[rows]
+        if self.device.type == "cuda":
+            picked = picked.pin_memory()
+        return picked.to(self.device, non_blocking=True)
+
     def _to_device(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         return (
             torch.from_numpy(np.ascontiguousarray(x)).to(self.device),
@@ -611,6 +645,7 @@ class LatentTrainer(Trainer):
         resume: bool = False,
         drop_last: bool = False,
         checkpoint_every_steps: int | None = None,
+        in_memory: bool | None = None,
         **kwargs: Any,
     ) -> list[dict[str, float]]:
         """
@@ -649,10 +684,19 @@ class LatentTrainer(Trainer):
                                        (default: at epoch ends only). A resume then continues from that step with
                                        the weights, optimizer, data order, random state and epoch metrics an
                                        uninterrupted run has there.
+        :param in_memory: Keep the training set and the method's per-sample state on the classifier's device and
+                          slice batches there (``True``: the fastest path when it fits), or keep them in host memory
+                          and copy each batch to the device without blocking (``False``: for data larger than the
+                          device; the per-sample rows are made on the device in chunks). ``None`` (default): on the
+                          device unless an accelerator's free memory is less than twice what the data and its
+                          per-sample rows are estimated to take. The batches, their order and the updates are the
+                          same either way.
         :return: The history: one dict per epoch.
         """
         if kwargs:
             raise TypeError(f"Unexpected keyword arguments for fit: {', '.join(f'`{k}`' for k in sorted(kwargs))}.")
+        if in_memory not in (None, True, False):
+            raise ValueError(f"`in_memory` must be True, False or None, got {in_memory!r}.")
         if y is None:
             if isinstance(x, np.ndarray | torch.Tensor):
                 raise ValueError("`y` is missing: give labels, or pass a DataLoader of (x, y) batches as `x`.")
@@ -681,24 +725,40 @@ class LatentTrainer(Trainer):
                              "batch_size": batch_size, "shuffle": shuffle, "drop_last": drop_last,
                              **self._run_settings(scheduler)}
         self._seed_everything()
-        x_t, y_t = self._to_device(x_np, y_np)
+        resident = self._resident(x_np, in_memory)
+        if resident:
+            x_t, y_t = self._to_device(x_np, y_np)
+        else:  # host memory, pinned for copies without blocking
+            x_t, y_t = (torch.from_numpy(np.ascontiguousarray(a)) for a in (x_np, y_np))
+            if self.device.type == "cuda":
+                x_t, y_t = x_t.pin_memory(), y_t.pin_memory()
 
         def build_samples(epoch: int) -> None:
-            assert self._samples is not None
-            self._samples.build(epoch, x_t, y_t)
+            samples = self._samples
+            assert samples is not None
+            if resident:
+                samples.build(epoch, x_t, y_t)
+                return
+            chunk = max(batch_size, 1024)
+            samples.fill(epoch, len(x_t), ((x_t[s : s + chunk].to(self.device, non_blocking=True),
+                                            y_t[s : s + chunk].to(self.device, non_blocking=True),
+                                            torch.arange(s, min(s + chunk, len(x_t))))
+                                           for s in range(0, len(x_t), chunk)))
 
-        self._build_samples = build_samples
+        self._build_samples, self._samples_by_index = build_samples, False
         state: list[Batch] = []  # the per-sample tensors, made by prepare_data at the first epoch
 
         def epoch_batches(epoch: int) -> tuple[int, Iterator[Batch]]:
             if not state:
-                state.append(self.prepare_data(x_t, y_t))
+                state.append(self.prepare_data(x_t, y_t))  # host tensors when not resident
             data = state[0] = self.on_epoch_start(epoch, state[0])
             samples = self._samples
+            n = len(data["y"])
             if samples is not None and samples.stored:
                 assert samples.data is not None
-                data = samples.merge(data, samples.data)
-            n = len(data["y"])
+                if resident:
+                    data = samples.merge(data, samples.data)
+                n = samples.spec.rows * len(x_t)
             # The order is drawn on the host; per-sample tensors a method keeps on the host (e.g. HLDR's budget of
             # each pair, read without a device synchronisation) are indexed with the host copy.
             order_host = torch.randperm(n, generator=self._shuffle_generator) if shuffle else torch.arange(n)
@@ -724,7 +784,10 @@ class LatentTrainer(Trainer):
                     self._global_batch_size = len(index)
                     if self._dist is not None:
                         index, index_host = self._dist.shard(index), self._dist.shard(index_host)
-                    yield {k: v[index_host if k in on_host else index] for k, v in data.items()}
+                    if resident:
+                        yield {k: v[index_host if k in on_host else index] for k, v in data.items()}
+                    else:
+                        yield self._host_batch(data, index_host)
 
             return len(starts), batches()
 
@@ -809,7 +872,8 @@ class LatentTrainer(Trainer):
         self._seed_everything()
         resuming = resume and checkpoint is not None and (checkpoint[0] / ckpt.CHECKPOINT_NAME).exists()
         self.prepare_generator(generator, resuming)
-        self._build_samples = None  # an ART DataGenerator's samples cannot be found again: made per batch
+        # an ART DataGenerator's samples cannot be found again: made per batch
+        self._build_samples, self._samples_by_index = None, False
         nb_batches = math.ceil(generator.size / generator.batch_size)
         checked: list[bool] = []
 
@@ -907,7 +971,7 @@ class LatentTrainer(Trainer):
                 return
             samples.fill(epoch, loader.size, itertools.chain([first], batches))
 
-        self._build_samples = build_samples
+        self._build_samples, self._samples_by_index = build_samples, True
 
         def epoch_batches(epoch: int) -> tuple[int | None, Iterator[Batch]]:
             loader.set_epoch(epoch)  # a DistributedSampler's shuffling, seeded per epoch
@@ -1125,6 +1189,8 @@ class LatentTrainer(Trainer):
         self.carried = {}
         spec = self.sample_state()
         self._samples = None if spec is None else SampleStore(spec, self.device, self.sample_state_dir)
+        if self._samples is not None:
+            self._samples.by_index = self._samples_by_index
         if self._samples is not None and self._samples.stored and self._build_samples is None:
             self._samples.make_per_batch("an ART DataGenerator's samples cannot be found again; give fit_generator "
                                          "a DataLoader over art_latent.data.IndexedDataset(dataset) instead")
@@ -1134,7 +1200,7 @@ class LatentTrainer(Trainer):
         finally:
             if self._samples is not None:
                 self._samples.close()
-            self._samples, self._build_samples = None, None
+            self._samples, self._build_samples, self._samples_by_index = None, None, False
             self.carried = {}
 
     def _loop_epochs(self, nb_epochs: int, epoch_batches: Callable[[int], tuple[int | None, Iterator[Batch]]],
@@ -1223,7 +1289,7 @@ class LatentTrainer(Trainer):
         with self._classifier.keep_hooks():
             try:
                 for step, batch in enumerate(bar, start=first):
-                    if samples is not None and (samples.per_batch or samples.indexed):
+                    if samples is not None and (samples.per_batch or samples.by_index):
                         batch = samples.complete(batch)
                     else:
                         batch.pop("index", None)

@@ -115,7 +115,7 @@ class DeepDefenseTrainer(LatentTrainer):
             try:
                 with torch.no_grad():
                     for start in range(0, len(x), _BN_BATCH):
-                        self._forward(x[start : start + _BN_BATCH])
+                        self._forward(x[start : start + _BN_BATCH].to(self.device))
             finally:
                 for m, momentum in zip(fresh, momenta, strict=True):
                     m.momentum = momentum

@@ -104,6 +104,8 @@ class SampleStore:
         self.spec = spec
         #: Whether the rows are made per batch (``"batch"``, or data without sample indices).
         self.per_batch = spec.refresh == "batch"
+        #: Whether batches come with sample indices and take their rows here (a loader), rather than holding them.
+        self.by_index = False
         self.device = device
         self.directory = None if directory is None else Path(directory)
         #: The stored rows (``fit(x, y)``: on the device; a loader: on the host), ``None`` before they are made.
@@ -129,7 +131,7 @@ class SampleStore:
     def make_per_batch(self, reason: str) -> None:
         """Make the rows per batch from now on (data whose samples cannot be found again), warning why."""
         if not self.per_batch:
-            warnings.warn(f"The {self.spec.name} (refresh={self.spec.refresh!r}) is made per batch: {reason}.",
+            warnings.warn(f"The {self.spec.name} (refresh={self.spec.refresh!r}) will be made per batch: {reason}.",
                           UserWarning, stacklevel=4)
             self.per_batch = True
 
@@ -212,7 +214,14 @@ class SampleStore:
             raise ValueError(
                 f"The loader yielded sample indices outside the {self._size} samples whose {self.spec.name} was made "
                 "(the indices must be the data set's, and every epoch must yield the same samples).")
-        rows = self._rows(index)
+        return self.rows(self._rows(index))
+
+    def rows(self, rows: torch.Tensor) -> Batch:
+        """
+        Rows of a host store by row index (copy ``c`` of sample ``i`` is row ``c * size + i``), on the device, with
+        the host copies a method reads.
+        """
+        assert self.data is not None
         batch: Batch = {}
         for key, stored in self.data.items():
             host = stored[rows]
@@ -226,7 +235,7 @@ class SampleStore:
     def complete(self, batch: Batch) -> Batch:
         """`batch` with its per-sample rows: taken from the store by ``"index"``, or made now."""
         index = batch.pop("index", None)
-        if self.indexed and not self.per_batch:
+        if self.by_index and not self.per_batch:
             if index is None:
                 raise ValueError("A batch without sample indices: the loader yielded them in the pass that made the "
                                  f"{self.spec.name}, so it must yield (x, y, index) in every epoch.")
