@@ -197,10 +197,8 @@ def test_bad_sample_indices_fail_at_the_first_batch_naming_it(tiny_data):
         trainer.fit_generator(DataLoader(Shifted(), batch_size=16), nb_epochs=1, verbose=False)
 
 
-def _run(factory, data, directory=None, resume=False, kill_at=None, loader=False, every=1, epochs=2):
-    clf = make_classifier()
-    clf._optimizer = torch.optim.SGD(clf.model.parameters(), lr=0.05, momentum=0.9)
-    trainer = factory(clf)
+def _killed_at(trainer, kill_at):
+    """`trainer`, interrupted (KeyboardInterrupt) at its `kill_at`-th optimizer step."""
     original, calls = trainer.optimization_step, {"n": 0}
 
     def step(batch):
@@ -210,6 +208,13 @@ def _run(factory, data, directory=None, resume=False, kill_at=None, loader=False
         return original(batch)
 
     trainer.optimization_step = step
+    return trainer
+
+
+def _run(factory, data, directory=None, resume=False, kill_at=None, loader=False, every=1, epochs=2):
+    clf = make_classifier()
+    clf._optimizer = torch.optim.SGD(clf.model.parameters(), lr=0.05, momentum=0.9)
+    trainer = _killed_at(factory(clf), kill_at)
     kwargs = {"nb_epochs": epochs, "verbose": False, "checkpoint_dir": directory, "resume": resume,
               "checkpoint_every_steps": every if directory is not None else None}
     if loader:
@@ -270,16 +275,7 @@ def test_fit_from_host_memory_resumes_mid_epoch_exactly_with_pairs_remade_every_
 
     def run(directory=None, resume=False, kill_at=None):
         clf = make_classifier()
-        trainer = _hldr(clf, regenerate="epoch")
-        original, calls = trainer.optimization_step, {"n": 0}
-
-        def step(batch):
-            calls["n"] += 1
-            if calls["n"] == kill_at:
-                raise KeyboardInterrupt
-            return original(batch)
-
-        trainer.optimization_step = step
+        trainer = _killed_at(_hldr(clf, regenerate="epoch"), kill_at)
         trainer.fit(*data, batch_size=16, nb_epochs=3, verbose=False, in_memory=False, checkpoint_dir=directory,
                     resume=resume, checkpoint_every_steps=None if directory is None else 2)
         return _weights(trainer)
