@@ -290,3 +290,20 @@ def test_fit_from_host_memory_resumes_mid_epoch_exactly_with_pairs_remade_every_
 def test_in_memory_is_checked(tiny_data):
     with pytest.raises(ValueError, match="`in_memory` must be True, False or None"):
         _hldr(make_classifier()).fit(*tiny_data, in_memory="yes")
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["device-then-host", "host-then-device"])
+def test_a_checkpoint_resumes_with_the_other_in_memory_choice(first, tiny_data, tmp_path):
+    data = tiny_data[0][:48], tiny_data[1][:48]
+
+    def run(in_memory, directory=None, resume=False, kill_at=None):
+        trainer = _killed_at(_hldr(make_classifier()), kill_at)
+        trainer.fit(*data, batch_size=16, nb_epochs=2, verbose=False, in_memory=in_memory, checkpoint_dir=directory,
+                    resume=resume, checkpoint_every_steps=None if directory is None else 2)
+        return _weights(trainer)
+
+    reference = run(first)
+    with pytest.raises(KeyboardInterrupt):
+        run(first, tmp_path, kill_at=9 + 3)
+    resumed = run(not first, tmp_path, resume=True)
+    assert all(torch.equal(a, b) for a, b in zip(reference, resumed, strict=True))

@@ -756,6 +756,7 @@ class LatentTrainer(Trainer):
             n = len(data["y"])
             if samples is not None and samples.stored:
                 assert samples.data is not None
+                samples.place(resident, len(x_t))  # rows a checkpoint of the other in_memory restored
                 if resident:
                     data = samples.merge(data, samples.data)
                 n = samples.spec.rows * len(x_t)

@@ -204,6 +204,27 @@ class SampleStore:
         copies = torch.arange(self.spec.rows, dtype=torch.long).unsqueeze(1) * self._size
         return (copies + index.long().unsqueeze(0)).reshape(-1)
 
+    def place(self, on_device: bool, size: int) -> None:
+        """
+        Keep the rows where this ``fit(x, y)`` keeps its data (a checkpoint written with the other ``in_memory``):
+        on the device in data-set order, or on the host indexed by sample. The row layout is the same.
+
+        :param on_device: Whether the data is on the device.
+        :param size: The number of samples.
+        """
+        if self.data is None or on_device != self.indexed:
+            return
+        data = self.data
+        if on_device:
+            placed = {k: v.to(self.device) for k, v in data.items()}
+            placed.update({k + HOST: data[k].cpu() for k in self._host_keys})
+            self._size, self._filled, self._host_keys = 0, None, ()
+        else:
+            self._host_keys = tuple(k[: -len(HOST)] for k in data if k.endswith(HOST) and k[: -len(HOST)] in data)
+            placed = {k: v.cpu() for k, v in data.items() if not (k.endswith(HOST) and k[: -len(HOST)] in data)}
+            self._size, self._filled = size, torch.ones(size, dtype=torch.bool)
+        self.data, self._state = placed, None
+
     # ------------------------------------------------------------------ batches
 
     def take(self, index: torch.Tensor) -> Batch:
