@@ -35,18 +35,18 @@ def test_the_store_finds_each_samples_rows_by_index_in_the_layout_make_returns()
     order = torch.tensor([7, 2, 9, 0, 5, 1, 8, 3, 6, 4])
     store.fill(0, 10, [(x[i], y[i], i) for i in order.split(3)])  # batches in shuffled order, the last one short
     index = torch.tensor([4, 0, 9])
-    taken = store.take(index)
+    taken = store.take(index, {})
     expected = _toy_make(x[index], y[index])
     assert set(taken) == {"x", "y", "copy_host"}
     for key, value in expected.items():
         torch.testing.assert_close(taken[key], value)
     with pytest.raises(ValueError, match="outside the 10 samples"):
-        store.take(torch.tensor([10]))
+        store.take(torch.tensor([10]), {})
     # the checkpointed rows give the same lookups
     restored = SampleStore(SampleState(_toy_make, "never", 2), torch.device("cpu"))
     restored.load_state_dict(store.state_dict())
     for key, value in expected.items():
-        torch.testing.assert_close(restored.take(index)[key], value)
+        torch.testing.assert_close(restored.take(index, {})[key], value)
 
 
 def test_a_declaration_is_checked():
@@ -58,6 +58,12 @@ def test_a_declaration_is_checked():
                         torch.device("cpu"))
     with pytest.raises(ValueError, match="must return their labels `y`"):
         store.make(torch.zeros(3, 1), torch.zeros(3, dtype=torch.long))
+    wrong = SampleState(_toy_make, "never", 2, "toy rows", repeats=("x",))  # its x is (x, 10 x), not (x, x)
+    store = SampleStore(wrong, torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"declares \['x'\] as the batch's own tensors repeated"):
+        store.fill(0, 3, [(torch.ones(3, 1), torch.zeros(3, dtype=torch.long), torch.arange(3))])
+    with pytest.raises(ValueError, match="repeats"):
+        SampleState(_toy_make, "never", 2, repeats=("x_pair",))
     store = SampleStore(SampleState(lambda x, y: {"x_noisy": x[:1]}, "never", 1, "noise"), torch.device("cpu"))
     with pytest.raises(ValueError, match="must return 3 rows per tensor"):
         store.make(torch.zeros(3, 1), torch.zeros(3, dtype=torch.long))
@@ -120,7 +126,7 @@ def test_the_pairs_of_an_indexed_loader_are_those_of_fit_for_each_sample(tiny_da
     loader = _indexed_loader((x, y), batch_size=5)
     store.fill(0, 32, ((xb, yb, ib) for xb, yb, ib in loader))
     index = torch.tensor([3, 17, 31])
-    taken = store.take(index)
+    taken = store.take(index, {"x": x_t[index], "y": y_t[index]})
     torch.testing.assert_close(taken["x_pair"], expected["x_pair"][index])  # FGSM in eval mode: per sample
     torch.testing.assert_close(taken["x"], x_t[index])
 
@@ -173,8 +179,9 @@ def test_memory_mapped_storage_trains_as_host_memory_and_leaves_no_file(tiny_dat
         trainer.fit_generator(_indexed_loader(data), nb_epochs=2, verbose=False)
         weights.append(_weights(trainer))
         if directory is not None:
-            assert files and all(len(names) == 4 and all(n.startswith("sample_state-") for n in names)
-                                 for names in files)  # x, x_pair, y and eps (eps_host is not stored twice)
+            # x_pair and eps: not the batch's own x and y repeated per pair, nor eps_host (a copy of eps)
+            assert files and all(len(names) == 2 and all(n.startswith("sample_state-") for n in names)
+                                 for names in files)
             assert list(directory.iterdir()) == []
     assert all(torch.equal(a, b) for a, b in zip(*weights, strict=True))
 

@@ -445,7 +445,7 @@ class DenoiserTrainer(LatentTrainer):
     def sample_state(self) -> SampleState:
         """The pairs and their clean targets, made by :meth:`make_pairs` and remade as `regenerate` says."""
         return SampleState(self.make_pairs, self.regenerate, len(self.budgets) + (self.noise is not None),
-                           "denoiser pairs")
+                           "denoiser pairs", repeats=("y",))
 
     def checkpointed_networks(self) -> dict[str, nn.Module]:
         """The denoiser's network (``state_dict()["denoiser"]``)."""

@@ -605,8 +605,9 @@ class LatentTrainer(Trainer):
         """A batch of ``fit(x, y, in_memory=False)``: rows of the host data and per-sample store, on the device."""
         samples = self._samples
         if samples is not None and samples.stored:
-            batch = samples.rows(rows)  # several rows per sample: the store's rows are the batch
-            if samples.spec.rows == 1:  # one: row i is sample i, with its x and y
+            sample = rows % len(data["y"])  # row c * n + i is copy c of sample i
+            batch = samples.rows(rows, {k: self._host_rows(data[k], sample) for k in samples.spec.repeats})
+            if samples.spec.rows == 1:  # one row per sample: the batch is the samples' x and y with their rows
                 batch.update({k: self._host_rows(v, rows) for k, v in data.items() if k not in batch})
             return batch
         return {k: self._host_rows(v, rows) for k, v in data.items()}
@@ -756,7 +757,7 @@ class LatentTrainer(Trainer):
             n = len(data["y"])
             if samples is not None and samples.stored:
                 assert samples.data is not None
-                samples.place(resident, len(x_t))  # rows a checkpoint of the other in_memory restored
+                samples.place(resident, {"x": x_t, "y": y_t})  # rows a checkpoint of the other in_memory restored
                 if resident:
                     data = samples.merge(data, samples.data)
                 n = samples.spec.rows * len(x_t)

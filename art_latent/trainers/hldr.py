@@ -142,7 +142,7 @@ class HLDRTrainer(LatentTrainer):
     def sample_state(self) -> SampleState:
         """The pairs, made by :meth:`make_pairs` and remade as `regenerate` says."""
         return SampleState(self.make_pairs, self.regenerate, len(self.budgets) + (self.noise is not None),
-                           "HLDR pairs")
+                           "HLDR pairs", repeats=("x", "y"))
 
     def make_pairs(self, x: torch.Tensor, y: torch.Tensor) -> Batch:
         """

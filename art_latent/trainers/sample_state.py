@@ -22,7 +22,9 @@ Where it lives:
   ``DataLoader`` over :class:`~art_latent.data.IndexedDataset`): a pass over the loader before training (before
   every epoch with ``"epoch"``) fills a host store of ``rows * len(dataset)`` rows, or memory-mapped files in
   ``sample_state_dir`` for data larger than memory; each batch then takes its samples' rows (a batch of ``b``
-  samples trains on ``rows * b`` rows, as ``"batch"`` does) and copies them to the device without blocking.
+  samples trains on ``rows * b`` rows, as ``"batch"`` does) and copies them to the device without blocking. Keys the
+  declaration lists in ``repeats`` (the batch's own ``x`` / ``y`` repeated per copy, e.g. HLDR's clean member of
+  each pair) and host copies of other keys are not stored: they are rebuilt per batch.
 * a loader without indices, or an ART ``DataGenerator``: the rows cannot be found again, so they are made per batch
   (``"batch"``) and a warning says so.
 
@@ -64,18 +66,27 @@ class SampleState:
     :param refresh: ``"never"``, ``"epoch"`` or ``"batch"``.
     :param rows: Rows made per sample (HLDR: one per budget, plus one noise pair).
     :param name: What the rows are, for log messages.
+    :param repeats: Keys of ``make``'s result that are its own ``x`` / ``y`` repeated once per copy (HLDR's clean
+                    member of each pair): a store indexed by sample does not keep them but repeats the batch's own.
     """
 
     make: Callable[[torch.Tensor, torch.Tensor], Batch]
     refresh: str = "never"
     rows: int = 1
     name: str = "per-sample state"
+    repeats: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not callable(self.make):
             raise TypeError(f"`make` must be callable, got {type(self.make).__name__}.")
         check_choice("refresh", self.refresh, REFRESH)
         check_int("rows", self.rows)
+        for key in self.repeats:
+            check_choice("repeats", key, ("x", "y"))
+
+
+def _repeat(tensor: torch.Tensor, copies: int) -> torch.Tensor:
+    return tensor.repeat(copies, *([1] * (tensor.ndim - 1)))
 
 
 def _checked(made: Any, nb_rows: int, name: str, copies: int) -> Batch:
@@ -172,10 +183,16 @@ class SampleStore:
         self._size, self._filled, self.data = size, torch.zeros(size, dtype=torch.bool), None
         for x, y, index in batches:
             made = self.make(x, y)
-            if self.data is None:  # host copies are not stored twice: the store is on the host
+            if self.data is None:  # neither host copies nor the batch's own x / y are stored twice
+                own = {"x": x, "y": y}
+                wrong = [k for k in self.spec.repeats
+                         if k not in made or not torch.equal(made[k], _repeat(own[k], self.spec.rows))]
+                if wrong:
+                    raise ValueError(f"The {self.spec.name} declares {wrong} as the batch's own tensors repeated per "
+                                     "copy (`repeats`), but `make` returns other values.")
                 self._host_keys = tuple(k[: -len(HOST)] for k in made if k.endswith(HOST) and k[: -len(HOST)] in made)
                 self.data = {k: self._allocate(k, v) for k, v in made.items()
-                             if not (k.endswith(HOST) and k[: -len(HOST)] in made)}
+                             if not (k.endswith(HOST) and k[: -len(HOST)] in made) and k not in self.spec.repeats}
             if len(index) and (int(index.min()) < 0 or int(index.max()) >= size):
                 raise ValueError(f"The loader yielded sample indices from {int(index.min())} to {int(index.max())}, "
                                  f"outside its data set's {size} samples: they must be the data set's indices.")
@@ -204,13 +221,13 @@ class SampleStore:
         copies = torch.arange(self.spec.rows, dtype=torch.long).unsqueeze(1) * self._size
         return (copies + index.long().unsqueeze(0)).reshape(-1)
 
-    def place(self, on_device: bool, size: int) -> None:
+    def place(self, on_device: bool, source: Batch) -> None:
         """
         Keep the rows where this ``fit(x, y)`` keeps its data (a checkpoint written with the other ``in_memory``):
         on the device in data-set order, or on the host indexed by sample. The row layout is the same.
 
         :param on_device: Whether the data is on the device.
-        :param size: The number of samples.
+        :param source: The fit's ``x`` and ``y`` (for the keys in ``repeats``).
         """
         if self.data is None or on_device != self.indexed:
             return
@@ -218,32 +235,38 @@ class SampleStore:
         if on_device:
             placed = {k: v.to(self.device) for k, v in data.items()}
             placed.update({k + HOST: data[k].cpu() for k in self._host_keys})
+            placed.update({k: _repeat(source[k], self.spec.rows).to(self.device) for k in self.spec.repeats})
             self._size, self._filled, self._host_keys = 0, None, ()
         else:
+            size = len(source["y"])
             self._host_keys = tuple(k[: -len(HOST)] for k in data if k.endswith(HOST) and k[: -len(HOST)] in data)
-            placed = {k: v.cpu() for k, v in data.items() if not (k.endswith(HOST) and k[: -len(HOST)] in data)}
+            placed = {k: v.cpu() for k, v in data.items()
+                      if not (k.endswith(HOST) and k[: -len(HOST)] in data) and k not in self.spec.repeats}
             self._size, self._filled = size, torch.ones(size, dtype=torch.bool)
         self.data, self._state = placed, None
 
     # ------------------------------------------------------------------ batches
 
-    def take(self, index: torch.Tensor) -> Batch:
-        """The stored rows of the samples `index` (host indices into the loader's data set), on the device."""
+    def take(self, index: torch.Tensor, batch: Batch) -> Batch:
+        """The stored rows of `batch`, whose samples are `index` (host indices into the data set), on the device."""
         assert self.data is not None and self._filled is not None
         index = index.cpu()
         if bool(((index < 0) | (index >= self._size)).any()) or not bool(self._filled[index].all()):
             raise ValueError(
                 f"The loader yielded sample indices outside the {self._size} samples whose {self.spec.name} was made "
                 "(the indices must be the data set's, and every epoch must yield the same samples).")
-        return self.rows(self._rows(index))
+        return self.rows(self._rows(index), {k: _repeat(batch[k], self.spec.rows) for k in self.spec.repeats})
 
-    def rows(self, rows: torch.Tensor) -> Batch:
+    def rows(self, rows: torch.Tensor, own: Batch) -> Batch:
         """
         Rows of a host store by row index (copy ``c`` of sample ``i`` is row ``c * size + i``), on the device, with
         the host copies a method reads.
+
+        :param rows: Host row indices.
+        :param own: The keys of ``repeats`` for these rows (the batch's own ``x`` / ``y``), on the device.
         """
         assert self.data is not None
-        batch: Batch = {}
+        batch: Batch = dict(own)
         for key, stored in self.data.items():
             host = stored[rows]
             if self.device.type == "cuda":
@@ -260,7 +283,7 @@ class SampleStore:
             if index is None:
                 raise ValueError("A batch without sample indices: the loader yielded them in the pass that made the "
                                  f"{self.spec.name}, so it must yield (x, y, index) in every epoch.")
-            return self.merge(batch, self.take(index))
+            return self.merge(batch, self.take(index, batch))
         return self.merge(batch, self.make(batch["x"], batch["y"]))
 
     # ------------------------------------------------------------------ checkpoints
