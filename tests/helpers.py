@@ -125,6 +125,47 @@ def ddp_worker(rank: int, world_size: int, port: int, x, y, out_dir: str) -> Non
         dist.destroy_process_group()
 
 
+def ddp_resume_worker(rank: int, world_size: int, port: int, x, y, out_dir: str, kill_at: int | None,
+                      resume: bool) -> None:
+    """
+    One process of a gloo data-parallel HLDR run with a checkpoint every step, interrupted at its `kill_at`-th step
+    (``None``: not), or resumed; writes its final weights and history to `out_dir`.
+    """
+    import os
+
+    import torch.distributed as dist
+    from art.attacks.evasion import FastGradientMethod
+
+    from art_latent import HLDRTrainer
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        torch.manual_seed(0)
+        clf = make_classifier(NoBatchNormNet(), lr=0.1)
+        trainer = HLDRTrainer(clf, FastGradientMethod(clf, eps=0.1), budgets=(0.0, 0.1), noise_sigma=0.05,
+                              normalization="sample", seed=0, distributed=True, validation_attack=None)
+        original, calls = trainer.optimization_step, {"n": 0}
+
+        def step(batch):
+            calls["n"] += 1
+            if calls["n"] == kill_at:
+                raise KeyboardInterrupt
+            return original(batch)
+
+        trainer.optimization_step = step
+        try:
+            history = trainer.fit(x, y, nb_epochs=2, batch_size=8, checkpoint_dir=f"{out_dir}/ckpt", resume=resume,
+                                  checkpoint_every_steps=1, verbose=False)
+        except KeyboardInterrupt:
+            return
+        weights = {k: v.detach().clone() for k, v in clf.model.state_dict().items()}
+        torch.save({"weights": weights, "history": history}, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
 def every_trainer(device_type: str = "cpu") -> dict[str, Callable[[LatentClassifier], object]]:
     """Every trainer at its defaults except the attack (ART's FGSM, to keep test matrices fast), by name."""
     from art.attacks.evasion import FastGradientMethod

@@ -7,7 +7,7 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
-from helpers import ddp_worker, hldr_weights_after_training, sharded_loader
+from helpers import ddp_resume_worker, ddp_worker, hldr_weights_after_training, sharded_loader
 
 from art_latent.trainers.distributed import DistributedContext, convert_sync_batchnorm
 
@@ -45,6 +45,29 @@ def test_two_processes_reading_their_shards_from_loaders_match_one_process(tiny_
         for name, value in reference.items():
             torch.testing.assert_close(result["weights"][name], value, atol=1e-5, rtol=0)
         assert result["history"][-1]["loss"] == pytest.approx(ref_history[-1]["loss"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_two_processes_killed_mid_epoch_resume_to_the_uninterrupted_weights(tiny_data, tmp_path):
+    x, y = tiny_data[0][:64], tiny_data[1][:64]
+    runs = {}
+    for name, kill_at in (("reference", None), ("killed", 12 + 5)):  # 3 x 64 pairs / 16 per global step: epoch 2
+        out = tmp_path / name
+        out.mkdir()
+        mp.spawn(ddp_resume_worker, args=(2, _free_port(), x, y, str(out), kill_at, False), nprocs=2, join=True)
+        runs[name] = out
+    state = torch.load(runs["killed"] / "ckpt" / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["mid_epoch"]["step"] == 4
+    assert not (runs["killed"] / "rank0.pt").exists()
+    mp.spawn(ddp_resume_worker, args=(2, _free_port(), x, y, str(runs["killed"]), None, True), nprocs=2, join=True)
+    for rank in range(2):
+        reference = torch.load(runs["reference"] / f"rank{rank}.pt", weights_only=False)
+        resumed = torch.load(runs["killed"] / f"rank{rank}.pt", weights_only=False)
+        for name, value in reference["weights"].items():
+            assert torch.equal(resumed["weights"][name], value), name
+        # the epoch metrics of the resumed epoch span both processes' steps before and after the interruption
+        assert [h["loss"] for h in resumed["history"]] == pytest.approx([h["loss"] for h in reference["history"]],
+                                                                        rel=1e-6)
 
 
 def test_single_process_is_not_distributed():

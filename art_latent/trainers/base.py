@@ -1173,9 +1173,6 @@ class LatentTrainer(Trainer):
                 convert_sync_batchnorm(model, self.device)
             self._dist.broadcast_module(model)
             verbose = verbose and self._dist.is_main
-        if self._dist is not None and self._every_steps is not None:
-            raise ValueError("`checkpoint_every_steps` is not supported under data-parallel training yet (each process "
-                             "holds its own part of the epoch's metrics); use epoch checkpoints.")
         self._scaler = torch.amp.GradScaler(self.device.type) if self._amp_dtype == torch.float16 else None
         deferred = self.check_finite == "deferred" or (self.check_finite is True and self.device.type != "cpu")
         self._guard = DeferredFiniteGuard(self.device) if deferred and self._scaler is None else None
@@ -1274,6 +1271,8 @@ class LatentTrainer(Trainer):
         count = first = 0
         if mid is not None:
             first, count, sums = int(mid["step"]), int(mid["count"]), dict(mid["sums"])
+            if self._dist is not None and not self._dist.is_main:  # the checkpoint's sums span every process
+                count, sums = 0, {k: torch.zeros_like(v) for k, v in sums.items()}
             if nb_batches is not None and first >= nb_batches:
                 raise ValueError(f"The checkpoint resumes epoch {epoch + 1} after step {first}, but the epoch has "
                                  f"{nb_batches} batches: resume with the same data and batch size.")
@@ -1326,8 +1325,9 @@ class LatentTrainer(Trainer):
                     if verbose and (step + 1) % self.log_every == 0:
                         bar.set_postfix({k: f"{v.item() / count:.4f}" for k, v in sums.items()})
                     if mid_due and self._checkpoint is not None and epoch_start is not None:
+                        total, totals = self._epoch_totals(count, sums)
                         self._write(self._checkpoint[0] / ckpt.CHECKPOINT_NAME, epoch, scheduler, mid={
-                            "step": step + 1, "count": count, "sums": dict(sums), "epoch_rng": epoch_start[0],
+                            "step": step + 1, "count": total, "sums": totals, "epoch_rng": epoch_start[0],
                             "epoch_shuffle_rng": epoch_start[1]})
             except TrainingDivergedError:
                 raise
@@ -1344,10 +1344,7 @@ class LatentTrainer(Trainer):
             except TrainingDivergedError as error:
                 self._diverge_at_position(error, scheduler, current)
         if self._dist is not None:
-            keys = sorted(sums)
-            totals = self._dist.sum_(torch.stack([sums[k] for k in keys] + [torch.tensor(
-                float(count), device=self.device)]))
-            sums, count = dict(zip(keys, totals[:-1], strict=True)), int(totals[-1].item())
+            count, sums = self._epoch_totals(count, sums)
             self._dist.average_buffers(self._classifier.model)
         if count == 0:
             raise ValueError(f"Epoch {epoch + 1} had no training batch.")
@@ -1369,6 +1366,15 @@ class LatentTrainer(Trainer):
             else:
                 scheduler.step()
         return record
+
+    def _epoch_totals(self, count: int, sums: dict[str, torch.Tensor]) -> tuple[int, dict[str, torch.Tensor]]:
+        """The sample count and metric sums over every process (this process's own without data parallelism)."""
+        if self._dist is None:
+            return count, dict(sums)
+        keys = sorted(sums)
+        totals = self._dist.sum_(torch.stack([sums[k] for k in keys] + [torch.tensor(float(count),
+                                                                                      device=self.device)]))
+        return int(totals[-1].item()), dict(zip(keys, totals[:-1], strict=True))
 
     def _diverge_at_position(self, error: TrainingDivergedError, scheduler: Any, current: tuple[int, int]) -> None:
         # The buffers go back to the current batch's start unless an earlier step of the failing batch was taken:
