@@ -125,6 +125,20 @@ def ddp_worker(rank: int, world_size: int, port: int, x, y, out_dir: str) -> Non
         dist.destroy_process_group()
 
 
+def killed_at(trainer, kill_at: int | None):
+    """`trainer`, interrupted (KeyboardInterrupt) at its `kill_at`-th optimizer step (``None``: never)."""
+    original, calls = trainer.optimization_step, {"n": 0}
+
+    def step(batch):
+        calls["n"] += 1
+        if calls["n"] == kill_at:
+            raise KeyboardInterrupt
+        return original(batch)
+
+    trainer.optimization_step = step
+    return trainer
+
+
 def ddp_resume_worker(rank: int, world_size: int, port: int, x, y, out_dir: str, kill_at: int | None,
                       resume: bool) -> None:
     """
@@ -146,15 +160,7 @@ def ddp_resume_worker(rank: int, world_size: int, port: int, x, y, out_dir: str,
         clf = make_classifier(NoBatchNormNet(), lr=0.1)
         trainer = HLDRTrainer(clf, FastGradientMethod(clf, eps=0.1), budgets=(0.0, 0.1), noise_sigma=0.05,
                               normalization="sample", seed=0, distributed=True, validation_attack=None)
-        original, calls = trainer.optimization_step, {"n": 0}
-
-        def step(batch):
-            calls["n"] += 1
-            if calls["n"] == kill_at:
-                raise KeyboardInterrupt
-            return original(batch)
-
-        trainer.optimization_step = step
+        killed_at(trainer, kill_at)
         try:
             history = trainer.fit(x, y, nb_epochs=2, batch_size=8, checkpoint_dir=f"{out_dir}/ckpt", resume=resume,
                                   checkpoint_every_steps=1, verbose=False)

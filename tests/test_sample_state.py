@@ -11,7 +11,7 @@ import warnings
 import pytest
 import torch
 from art.attacks.evasion import FastGradientMethod
-from helpers import make_classifier
+from helpers import killed_at, make_classifier
 from test_reliability import FACTORIES as EVERY_TRAINER
 from test_reliability import _weights
 from torch.utils.data import DataLoader, TensorDataset
@@ -204,24 +204,10 @@ def test_bad_sample_indices_fail_at_the_first_batch_naming_it(tiny_data):
         trainer.fit_generator(DataLoader(Shifted(), batch_size=16), nb_epochs=1, verbose=False)
 
 
-def _killed_at(trainer, kill_at):
-    """`trainer`, interrupted (KeyboardInterrupt) at its `kill_at`-th optimizer step."""
-    original, calls = trainer.optimization_step, {"n": 0}
-
-    def step(batch):
-        calls["n"] += 1
-        if calls["n"] == kill_at:
-            raise KeyboardInterrupt
-        return original(batch)
-
-    trainer.optimization_step = step
-    return trainer
-
-
 def _run(factory, data, directory=None, resume=False, kill_at=None, loader=False, every=1, epochs=2):
     clf = make_classifier()
     clf._optimizer = torch.optim.SGD(clf.model.parameters(), lr=0.05, momentum=0.9)
-    trainer = _killed_at(factory(clf), kill_at)
+    trainer = killed_at(factory(clf), kill_at)
     kwargs = {"nb_epochs": epochs, "verbose": False, "checkpoint_dir": directory, "resume": resume,
               "checkpoint_every_steps": every if directory is not None else None}
     if loader:
@@ -282,7 +268,7 @@ def test_fit_from_host_memory_resumes_mid_epoch_exactly_with_pairs_remade_every_
 
     def run(directory=None, resume=False, kill_at=None):
         clf = make_classifier()
-        trainer = _killed_at(_hldr(clf, regenerate="epoch"), kill_at)
+        trainer = killed_at(_hldr(clf, regenerate="epoch"), kill_at)
         trainer.fit(*data, batch_size=16, nb_epochs=3, verbose=False, in_memory=False, checkpoint_dir=directory,
                     resume=resume, checkpoint_every_steps=None if directory is None else 2)
         return _weights(trainer)
@@ -304,7 +290,7 @@ def test_a_checkpoint_resumes_with_the_other_in_memory_choice(first, tiny_data, 
     data = tiny_data[0][:48], tiny_data[1][:48]
 
     def run(in_memory, directory=None, resume=False, kill_at=None):
-        trainer = _killed_at(_hldr(make_classifier()), kill_at)
+        trainer = killed_at(_hldr(make_classifier()), kill_at)
         trainer.fit(*data, batch_size=16, nb_epochs=2, verbose=False, in_memory=in_memory, checkpoint_dir=directory,
                     resume=resume, checkpoint_every_steps=None if directory is None else 2)
         return _weights(trainer)
