@@ -18,6 +18,7 @@ from art.estimators.classification.pytorch import PyTorchClassifier
 from tqdm.auto import tqdm
 
 from art_latent.estimator import LatentClassifier
+from art_latent.io import save_figure
 from art_latent.layers import _LEARNABLE_TYPES, LayerSpec
 from art_latent.perturbations import (
     Budget,
@@ -344,8 +345,7 @@ class LSAResult:
         axes.legend(fontsize=8)
         axes.set_title(title or "Layer sustainability analysis")
         figure.tight_layout()
-        figure.savefig(os.fspath(path), dpi=120, format="png")
-        return os.fspath(path)
+        return os.fspath(save_figure(figure, path, dpi=120))
 
 
 def _named_sources(kind: str, spec: Any, classifier: LatentClassifier) -> list[tuple[str, PerturbationSource]]:

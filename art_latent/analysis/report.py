@@ -30,7 +30,7 @@ from art_latent.analysis.curves import (
 )
 from art_latent.analysis.masking import WHITE_BOX, gradient_masking_flags
 from art_latent.analysis.masking import masking_checks as run_masking_checks
-from art_latent.io import atomic_write, save_figure
+from art_latent.io import atomic_write, json_safe, save_figure, write_json
 from art_latent.validation import check_budget_units, check_choice, check_int, check_range
 
 logger = logging.getLogger(__name__)
@@ -49,37 +49,6 @@ ATTACK_TITLES = {
     "latent": "latent adaptive PGD",
     "noise": "Gaussian noise",
 }
-
-
-def _json_safe(value: Any) -> Any:
-    """Recursively turn numpy/torch scalars into Python numbers and non-finite floats into ``None``."""
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return _json_safe(value.detach().cpu().tolist())
-    if isinstance(value, np.ndarray):
-        return _json_safe(value.tolist())
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value
-
-
-def write_json(data: Any, path: str | os.PathLike) -> Path:
-    """
-    Write `data` as indented JSON, atomically (a temporary file renamed over `path`): an interrupted write never
-    leaves a truncated file. Non-finite floats are written as ``null``.
-
-    :param data: JSON-serialisable data (numpy and torch scalars are converted).
-    :param path: Destination.
-    :return: The path.
-    """
-    return atomic_write(path, json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n")
 
 
 def plot_curves(
@@ -723,9 +692,9 @@ def _flatten_metric(name: str, value: Any) -> dict[str, Any]:
     if isinstance(value, (bool, np.bool_)):
         return {name: bool(value)}
     if isinstance(value, (int, float, np.integer, np.floating)):
-        return {name: _json_safe(value)}
+        return {name: json_safe(value)}
     if isinstance(value, torch.Tensor) and value.numel() == 1:
-        return {name: _json_safe(value.item())}
+        return {name: json_safe(value.item())}
     logger.debug("Dropping the non-scalar entry %s of an extra metric.", name)
     return {}
 

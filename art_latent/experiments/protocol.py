@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 
-from art_latent.analysis.report import write_json
 from art_latent.experiments.config import ExperimentConfig
 from art_latent.experiments.registry import (
     build_attack,
@@ -38,6 +37,7 @@ from art_latent.experiments.registry import (
     resolve_trainer,
     trainer_parameters,
 )
+from art_latent.io import safe_load, sha256_file, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -276,14 +276,8 @@ def pretrain(
         save_weights(path, state, model=config.model.name, model_kwargs=config.model.kwargs,
                      dataset=config.data.dataset, input_shape=pool.input_shape, nb_classes=pool.nb_classes,
                      digest=digest, info=info)
-        write_json({"digest": digest, "sha256": _sha256(path)}, path.with_name(path.name + ".json"))
+        write_json({"digest": digest, "sha256": sha256_file(path)}, path.with_name(path.name + ".json"))
     return state, info
-
-
-def _sha256(path: Path) -> str:
-    from art_latent.io import sha256_file
-
-    return sha256_file(path)
 
 
 def _load_pretrained(path: Path, digest: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
@@ -299,14 +293,12 @@ def _load_pretrained(path: Path, digest: str) -> tuple[dict[str, Any], dict[str,
         meta = json.loads(sidecar.read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(meta, dict) or meta.get("digest") != digest or meta.get("sha256") != _sha256(path):
+    if not isinstance(meta, dict) or meta.get("digest") != digest or meta.get("sha256") != sha256_file(path):
         return None
-    import torch
-
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # any unpickling refusal: retrain rather than trust the file
-        logger.warning("Ignoring %s, which cannot be read safely (weights_only=True): %s", path, error)
+        saved = safe_load(path)
+    except (OSError, ValueError) as error:  # any unpickling refusal: retrain rather than trust the file
+        logger.warning("Ignoring %s: %s", path, error)
         return None
     if not isinstance(saved, dict):
         return None

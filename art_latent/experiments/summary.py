@@ -19,9 +19,8 @@ from art_latent.analysis.report import (
     _budget_label,
     _table,
     gradient_masking_flags,
-    write_json,
 )
-from art_latent.io import atomic_write, inside
+from art_latent.io import atomic_write, inside, write_json
 
 logger = logging.getLogger(__name__)
 
