@@ -89,11 +89,12 @@ def run_lsa(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescent
 
-    from art_latent.analysis.lsa import NOISE_KINDS, LayerSustainabilityAnalysis
+    from art_latent.analysis.lsa import LayerSustainabilityAnalysis
     from art_latent.data import load_dataset
     from art_latent.estimator import LatentClassifier
     from art_latent.io import atomic_write
     from art_latent.models import build_model
+    from art_latent.perturbations.noise import NOISE_KINDS
     from art_latent.trainers.atlr import make_fast_attack
     from art_latent.weights import load_weights
 
