@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from art_latent.estimator import LatentClassifier
 from art_latent.io import save_figure
-from art_latent.layers import _LEARNABLE_TYPES, LayerSpec
+from art_latent.layers import LEARNABLE_TYPES, LayerSpec
 from art_latent.perturbations import GaussianNoiseSource, PerturbationSource, as_perturbation_source
 from art_latent.perturbations.noise import NoiseSource
 from art_latent.regularizers.relative_error import relative_error
@@ -50,7 +50,7 @@ def learnable_layers(classifier: LatentClassifier, include_logits: bool = False)
     names = classifier._resolve("auto")
     if include_logits:
         trace = classifier.trace(training=False)
-        learnable = [call.ref for call in trace.calls if call.leaf and isinstance(call.module, _LEARNABLE_TYPES)]
+        learnable = [call.ref for call in trace.calls if call.leaf and isinstance(call.module, LEARNABLE_TYPES)]
         names.append(learnable[-1])
     return names
 

@@ -314,7 +314,9 @@ class EvaluationSpec:
     extra_metrics: tuple[ExtraMetricSpec, ...] = ()
 
     def _validate(self, where: str) -> None:
-        from art_latent.analysis.report import ATTACKS
+        from art_latent.analysis.evaluation_attacks import attack_names
+
+        ATTACKS = attack_names()
 
         if not isinstance(self.attacks, (list, tuple)) or not self.attacks:
             _fail(f"{where}.attacks", f"must be a non-empty list from {list(ATTACKS)}")

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from art_latent.experiments.config import ExperimentConfig
+from art_latent.experiments.paths import FOLD_DIR, fold_path
 from art_latent.experiments.registry import (
     build_attack,
     resolve_function,
@@ -44,7 +45,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["Pool", "Splits", "fold_data", "fold_path", "load_pool", "make_classifier", "make_splits", "new_model",
            "pretrain", "run_benchmark", "run_fold"]
 
-FOLD_DIR = "folds"
 PRETRAINED = "pretrained.pt"
 
 
@@ -481,11 +481,6 @@ def run_fold(
         "results": results,
         "timing": {"fold_seconds": time.perf_counter() - started},
     }
-
-
-def fold_path(out: str | Path, fold: int) -> Path:
-    """Where fold `fold`'s results are written."""
-    return Path(out) / FOLD_DIR / f"fold_{fold:02d}.json"
 
 
 def _finished(out: Path, fold: int, digest: str) -> bool:
