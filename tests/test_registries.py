@@ -1,5 +1,9 @@
-"""The registries: every registered evaluation attack builds a source that perturbs within its budget, and an attack
-registered by a user is accepted by the report and the benchmark configuration by its name alone."""
+"""
+The registries. Every registered evaluation attack builds a source that perturbs within its budget, and an attack
+registered by a user is accepted by the report and the benchmark configuration by its name alone. Every registered
+trainer declares the protocol contract its constructor has and trains from its test factory; a trainer from an entry
+point is found by name.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,11 @@ import pytest
 import torch
 from helpers import make_classifier
 
-from art_latent.analysis import evaluation_attacks as registry
-from art_latent.analysis.evaluation_attacks import EvaluationAttack, attack_names, evaluation_attack
 from art_latent.analysis.report import ATTACKS, RobustnessReport
+from art_latent.registries import evaluation_attacks as registry
+from art_latent.registries import trainers as trainer_registry
+from art_latent.registries.evaluation_attacks import EvaluationAttack, attack_names, evaluation_attack
+from art_latent.registries.trainers import ProtocolContract, TrainerEntry, trainer_entries
 
 
 def test_the_default_suite_is_the_builtin_registry():
@@ -56,3 +62,63 @@ def test_a_registered_attack_runs_in_the_report_and_the_config(monkeypatch):
     config = config_from_dict({"defenses": [{"name": "undefended", "trainer": "LatentTrainer"}],
                                "evaluation": {"attacks": ["fgsm", "bim"]}})
     assert config.evaluation.attacks == ("fgsm", "bim")
+
+
+# ---------------------------------------------------------------------------------------------------- trainers
+
+ENTRIES = [e for e in trainer_entries().values() if e.path.startswith("art_latent.")]
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=[e.name for e in ENTRIES])
+def test_every_trainer_declares_the_contract_its_constructor_has(entry):
+    """A renamed constructor argument fails here instead of silently changing what the protocol hands over."""
+    cls = entry.load()
+    assert cls.__name__ == entry.name and callable(cls.fit)
+    assert entry.contract == ProtocolContract.infer(cls)
+    assert trainer_registry.trainer_entry_for(cls) is entry
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=[e.name for e in ENTRIES])
+def test_every_test_factory_trains_one_epoch(entry, tiny_data):
+    torch.manual_seed(0)
+    trainer = entry.test_factory(make_classifier(), 0)
+    assert type(trainer) is entry.load()
+    x, y = tiny_data
+    trainer.fit(x[:16], y[:16], nb_epochs=1, batch_size=8, verbose=False)
+
+
+def test_short_names_are_unique():
+    keys = [e.key for e in trainer_entries().values()]
+    assert len(keys) == len(set(keys))
+
+
+class _EntryPoint:
+    name, value = "ToyTrainer", "toy_package:ENTRY"
+
+    def __init__(self, entry):
+        self.entry = entry
+
+    def load(self):
+        return self.entry
+
+
+def test_a_trainer_from_an_entry_point_is_resolved_and_fed_by_its_contract(monkeypatch):
+    from art_latent.experiments.registry import resolve_trainer
+    from art_latent.trainers import LatentTrainer
+
+    class ToyTrainer(LatentTrainer):
+        def __init__(self, classifier, attack=None, **kwargs):
+            super().__init__(classifier, **kwargs)
+            self.attack = attack
+
+    toy = TrainerEntry("ToyTrainer", "toy_package:ToyTrainer", ProtocolContract(attack=True),
+                       lambda clf, seed: ToyTrainer(clf, seed=seed), "toy")
+    monkeypatch.setattr(trainer_registry, "_REGISTRY", dict(trainer_registry._REGISTRY))
+    monkeypatch.setattr(trainer_registry, "_ENTRY_POINTS_LOADED", False)
+    monkeypatch.setattr(trainer_registry, "entry_points", lambda group: [_EntryPoint(toy)])
+    monkeypatch.setattr(TrainerEntry, "load", lambda self: ToyTrainer if self.name == "ToyTrainer" else
+                        getattr(__import__(self.path.partition(":")[0], fromlist=["_"]), self.path.partition(":")[2]))
+    assert resolve_trainer("ToyTrainer") is ToyTrainer
+    assert trainer_registry.trainer_entry_for(ToyTrainer).contract.attack
+    with pytest.raises(ValueError, match="registered trainers are"):
+        resolve_trainer("NoSuchTrainer")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from art_latent.analysis.curves import accuracy_under_perturbation, classifier_inputs
-from art_latent.analysis.evaluation_attacks import evaluation_attacks
+from art_latent.registries.evaluation_attacks import evaluation_attacks
 
 logger = logging.getLogger(__name__)
 

@@ -29,18 +29,18 @@ from art_latent.analysis.curves import (
     perturbation_error,
     predict_labels,
 )
-from art_latent.analysis.evaluation_attacks import attack_names, attack_titles, evaluation_attack
 from art_latent.analysis.masking import gradient_masking_flags
 from art_latent.analysis.masking import masking_checks as run_masking_checks
 from art_latent.analysis.plotting import plot_curves
 from art_latent.io import atomic_write, json_safe, write_json
+from art_latent.registries.evaluation_attacks import attack_names, attack_titles, evaluation_attack
 from art_latent.validation import check_budget_units, check_choice, check_int, check_range
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["ATTACKS", "EPS_ATTACKS", "RobustnessReport", "gradient_masking_flags", "plot_curves", "write_json"]
 
-#: The default suite: the built-in attacks of the registry :mod:`~art_latent.analysis.evaluation_attacks` (an
+#: The default suite: the built-in attacks of the registry :mod:`~art_latent.registries.evaluation_attacks` (an
 #: attack registered there runs when named in ``attacks``).
 ATTACKS = ("fgsm", "pgd", "transfer", "noise", "autoattack", "latent")
 #: The built-in attacks evaluated over the eps list (``"noise"`` runs over the sigma list instead).
@@ -110,7 +110,7 @@ class RobustnessReport:
         verbose: bool = True,
     ) -> None:
         """
-        :param attacks: Names of registered attacks (:mod:`~art_latent.analysis.evaluation_attacks`; the built-in
+        :param attacks: Names of registered attacks (:mod:`~art_latent.registries.evaluation_attacks`; the built-in
                         ones are :data:`ATTACKS`).
         :param eps_list: Budgets (input units, e.g. ``8 / 255``), each >= 0; sorted ascending; 0 is the clean
                          accuracy.

@@ -11,9 +11,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from art_latent.analysis.evaluation_attacks import attack_names, attack_titles
 from art_latent.analysis.plotting import close_and_save, plot_curves, pyplot
 from art_latent.analysis.tables import budget_label, fmt, markdown_table
+from art_latent.registries.evaluation_attacks import attack_names, attack_titles
 
 __all__ = ["gains", "plot", "to_markdown"]
 

@@ -21,8 +21,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     :param subparsers: What ``ArgumentParser.add_subparsers()`` returned.
     :return: The ``benchmark`` parser.
     """
+    from art_latent.registries.evaluation_attacks import attack_names
+    from art_latent.registries.trainers import trainer_names
+
     bench = subparsers.add_parser(
         "benchmark",
+        epilog=f"Trainers ([[defenses]].trainer): {', '.join(trainer_names())}. Evaluation attacks "
+               f"([evaluation].attacks): {', '.join(attack_names())}.",
         help="Run paper 000's k-fold fine-tuning protocol from a TOML config (resumes unfinished runs).",
         description="Pre-train once, then per stratified fold fine-tune every defense of the config from the same "
                     "weights and evaluate it; writes per-fold JSON, results.json, figures and report.md to --out. "

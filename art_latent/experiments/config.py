@@ -314,7 +314,7 @@ class EvaluationSpec:
     extra_metrics: tuple[ExtraMetricSpec, ...] = ()
 
     def _validate(self, where: str) -> None:
-        from art_latent.analysis.evaluation_attacks import attack_names
+        from art_latent.registries.evaluation_attacks import attack_names
 
         ATTACKS = attack_names()
 

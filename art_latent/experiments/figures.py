@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from art_latent.analysis.evaluation_attacks import attack_names, attack_titles
 from art_latent.analysis.plotting import plot_curves, pyplot
 from art_latent.io import inside, save_figure
+from art_latent.registries.evaluation_attacks import attack_names, attack_titles
 
 logger = logging.getLogger(__name__)
 

@@ -36,9 +36,9 @@ from art_latent.experiments.registry import (
     resolve_kwargs,
     resolve_object,
     resolve_trainer,
-    trainer_parameters,
 )
 from art_latent.io import safe_load, sha256_file, write_json
+from art_latent.registries.trainers import trainer_entry_for
 
 logger = logging.getLogger(__name__)
 
@@ -367,13 +367,14 @@ def run_job(
     """
     Fine-tune one defense on one pair set from the pre-trained weights.
 
-    How the pair set reaches the trainer: a trainer whose constructor takes ``budgets`` builds its pairs itself and
-    gets the protocol's budgets (and ``noise_sigma`` for ``D_N`` when it takes one) with the benign samples; any
-    other trainer gets the members of the pairs it can use: the benign sample of every adversarial pair (so each
-    sample ``len(budgets)`` times, the same number of steps per epoch) and, for ``D_N``, the noisy sample of every
-    noise pair. A trainer taking an ``attack`` gets the ART attack of ``[attack]`` (or the defense's own), built
-    on the model being fine-tuned; one taking ``seed`` gets the fold's seed. Keyword arguments in the
-    configuration take precedence.
+    How the pair set reaches the trainer follows its declared
+    :class:`~art_latent.registries.trainers.ProtocolContract` (:mod:`art_latent.registries.trainers`): a trainer whose
+    contract has ``budgets`` builds its pairs itself and gets the protocol's budgets (and ``noise_sigma`` for ``D_N``
+    when the contract has it) with the benign samples; any other trainer gets the members of the pairs it can use:
+    the benign sample of every adversarial pair (so each sample ``len(budgets)`` times, the same number of steps per
+    epoch) and, for ``D_N``, the noisy sample of every noise pair. A contract with ``attack`` gets the ART attack of
+    ``[attack]`` (or the defense's own), built on the model being fine-tuned; one with ``seed`` gets the fold's seed.
+    Keyword arguments in the configuration take precedence.
 
     :param config: The configuration.
     :param defense: The :class:`~art_latent.experiments.config.DefenseSpec`.
@@ -390,12 +391,12 @@ def run_job(
     model = new_model(config, pool)
     model.load_state_dict(pretrained)
     clf = make_classifier(config, model, pool)
-    params, _ = trainer_parameters(cls)
+    contract = trainer_entry_for(cls).contract
     kwargs = resolve_kwargs(defense.kwargs, {"in_channels": pool.input_shape[0], "clip_values": (0.0, 1.0),
                                              "device_type": config.device})
     budgets = [b / 255 for b in config.protocol.budgets_255]
     x, y = data["x_ft"], data["y_ft"]
-    if "budgets" in params:
+    if contract.budgets:
         kwargs.setdefault("budgets", budgets)
         pairs = 1 if kwargs["budgets"] is None else len(kwargs["budgets"])  # None: the attack's own eps
     else:
@@ -403,13 +404,13 @@ def run_job(
         pairs = len(budgets)
     if pair_set == "D_N":
         pairs += 1
-        if "noise_sigma" in params:
+        if contract.noise_sigma:
             kwargs.setdefault("noise_sigma", config.protocol.noise_sigma_255 / 255)
         else:
             x, y = np.concatenate([x, data["x_noisy"]]), np.concatenate([y, data["y_ft"]])
-    if "attack" in params and "attack" not in kwargs:
+    if contract.attack and "attack" not in kwargs:
         kwargs["attack"] = build_attack(defense.attack or config.attack, clf, config.evaluation.batch_size)
-    if "seed" in params:
+    if contract.seed:
         kwargs.setdefault("seed", seed)
     trainer = cls(clf, **kwargs)
     fit_params = inspect.signature(trainer.fit).parameters

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from art_latent.analysis.curves import mean_confidence_interval
-from art_latent.analysis.evaluation_attacks import attack_names, attack_titles
 from art_latent.analysis.masking import gradient_masking_flags
 from art_latent.analysis.tables import budget_label, markdown_table
 from art_latent.experiments.figures import with_reference, write_figures
 from art_latent.experiments.paths import FOLD_DIR
 from art_latent.io import atomic_write, inside, write_json
+from art_latent.registries.evaluation_attacks import attack_names, attack_titles
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ Adding an attack is one builder function and one :func:`register_evaluation_atta
 .. code-block:: python
 
     from art.attacks.evasion import BasicIterativeMethod
-    from art_latent.analysis.evaluation_attacks import EvaluationAttack, register_evaluation_attack
+    from art_latent.registries.evaluation_attacks import EvaluationAttack, register_evaluation_attack
     from art_latent.perturbations import as_perturbation_source
 
     def build_bim(report, classifier, eps, generator):
