@@ -21,6 +21,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from art_latent.registries.trainers import trainer_entries, trainer_parameters
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["TRAINER_PACKAGES", "build_attack", "check_kwarg_values", "check_trainer_kwargs", "object_bases",
@@ -189,8 +191,6 @@ def resolve_trainer(name: str) -> type:
     :return: The class (anything with a ``fit`` method; given as a path, an ART ``Trainer`` subclass).
     :raises ValueError: If no such trainer exists.
     """
-    from art_latent.registries.trainers import trainer_entries
-
     what = "trainer class (a class with a `fit` method)"
     if ":" in name:
         return resolve_class(name, what, _is_trainer, _trainer_bases())
@@ -285,30 +285,6 @@ def resolve_attack(name: str) -> type:
         raise ValueError(f"{name!r} is not an ART evasion attack (e.g. 'FastGradientMethod', "
                          "'ProjectedGradientDescent', or 'package.module:Class').")
     return obj
-
-
-def trainer_parameters(cls: type[Any]) -> tuple[dict[str, inspect.Parameter], bool]:
-    """
-    The keyword parameters a trainer's constructor accepts, following ``**kwargs`` into
-    :class:`~art_latent.trainers.base.LatentTrainer` for its subclasses.
-
-    :param cls: The trainer class.
-    :return: ``(parameters by name, accepts any keyword)``.
-    """
-    from art_latent.trainers.base import LatentTrainer
-
-    params = dict(inspect.signature(cls.__init__).parameters)
-    params.pop("self", None)
-    var_keyword = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    params = {k: p for k, p in params.items()
-              if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
-    if var_keyword and issubclass(cls, LatentTrainer) and cls is not LatentTrainer:
-        base = dict(inspect.signature(LatentTrainer.__init__).parameters)
-        base.pop("self", None)
-        for key, param in base.items():
-            params.setdefault(key, param)
-        var_keyword = False
-    return params, var_keyword
 
 
 def check_trainer_kwargs(cls: type, kwargs: Mapping[str, Any]) -> None:

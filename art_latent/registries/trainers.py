@@ -19,6 +19,7 @@ or, at run time, :func:`register_trainer`. Imports stay lazy: this module import
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 __all__ = ["BUILTIN", "ENTRY_POINT_GROUP", "ProtocolContract", "TrainerEntry", "register_trainer", "trainer_entries",
-           "trainer_entry", "trainer_entry_for", "trainer_names"]
+           "trainer_entry", "trainer_entry_for", "trainer_names", "trainer_parameters"]
 
 #: The entry-point group of third-party trainers.
 ENTRY_POINT_GROUP = "art_latent.trainers"
@@ -65,10 +66,32 @@ class ProtocolContract:
         :param trainer: The class.
         :return: The contract.
         """
-        from art_latent.experiments.registry import trainer_parameters
-
         params, _ = trainer_parameters(trainer)
         return cls(**{name: name in params for name in ("budgets", "noise_sigma", "attack", "seed")})
+
+
+def trainer_parameters(cls: type[Any]) -> tuple[dict[str, inspect.Parameter], bool]:
+    """
+    The keyword parameters a trainer's constructor accepts, following ``**kwargs`` into
+    :class:`~art_latent.trainers.base.LatentTrainer` for its subclasses.
+
+    :param cls: The trainer class.
+    :return: ``(parameters by name, accepts any keyword)``.
+    """
+    from art_latent.trainers.base import LatentTrainer
+
+    params = dict(inspect.signature(cls.__init__).parameters)
+    params.pop("self", None)
+    var_keyword = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    params = {k: p for k, p in params.items()
+              if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+    if var_keyword and issubclass(cls, LatentTrainer) and cls is not LatentTrainer:
+        base = dict(inspect.signature(LatentTrainer.__init__).parameters)
+        base.pop("self", None)
+        for key, param in base.items():
+            params.setdefault(key, param)
+        var_keyword = False
+    return params, var_keyword
 
 
 #: ``factory(classifier, seed)``: a small, fast instance of the trainer for the tests (ART's FGSM at eps 0.1 as its
