@@ -10,16 +10,9 @@ import math
 import numpy as np
 import torch
 
+from art_latent.perturbations import budgets
 from art_latent.perturbations.base import PerturbationSource
-from art_latent.perturbations.budgets import (
-    Budget,
-    broadcastable,
-    device_budget,
-    make_generator,
-    on_device,
-    per_sample_budget,
-    sample,
-)
+from art_latent.perturbations.budgets import Budget
 from art_latent.validation import check_range
 
 __all__ = ["NOISE_KINDS", "GaussianNoiseSource", "NoiseSource"]
@@ -52,7 +45,7 @@ class GaussianNoiseSource(PerturbationSource):
             raise ValueError("`clip_values` must be a (min, max) pair.")
         self.sigma = float(sigma)
         self.clip_values = clip_values
-        self.generator = make_generator(generator)
+        self.generator = budgets.make_generator(generator)
         self._bounds: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
@@ -78,15 +71,16 @@ class GaussianNoiseSource(PerturbationSource):
                 raise ValueError("Perturbation budgets `eps` must be finite and non-negative.")
             if scale == 0:
                 return x.clone()
-            return self._clip(x + scale * sample("randn", tuple(x.shape), x, self.generator))
-        if on_device(eps):
-            sigma_b = broadcastable(device_budget(eps, x.shape[0]), x)  # not read on the host: no synchronisation
+            return self._clip(x + scale * budgets.sample("randn", tuple(x.shape), x, self.generator))
+        if budgets.on_device(eps):
+            # not read on the host: no synchronisation
+            sigma_b = budgets.broadcastable(budgets.device_budget(eps, x.shape[0]), x)
         else:
-            sigma = per_sample_budget(eps, x.shape[0])
+            sigma = budgets.per_sample_budget(eps, x.shape[0])
             if not (sigma > 0).any():
                 return x.clone()
-            sigma_b = broadcastable(sigma, x)
-        noisy = self._clip(x + sigma_b * sample("randn", tuple(x.shape), x, self.generator))
+            sigma_b = budgets.broadcastable(sigma, x)
+        noisy = self._clip(x + sigma_b * budgets.sample("randn", tuple(x.shape), x, self.generator))
         return torch.where(sigma_b > 0, noisy, x)
 
     def _clip(self, x: torch.Tensor) -> torch.Tensor:
@@ -157,7 +151,7 @@ class NoiseSource(PerturbationSource):
             self.clip_values: tuple[float, float] | None = (low, high)
         else:
             self.clip_values = None
-        self.generator = make_generator(generator)
+        self.generator = budgets.make_generator(generator)
 
     def __repr__(self) -> str:
         if self.kind in ("gaussian", "speckle"):
