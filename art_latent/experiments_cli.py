@@ -1,97 +1,25 @@
-"""
-The ``art-latent benchmark`` and ``art-latent report`` subcommands. Imports stay lazy: ``import art`` alone takes
-seconds, and ``--help`` must not pay for it.
-"""
+"""Old import path of :mod:`art_latent.cli.benchmark` and :mod:`art_latent.cli.report`, kept so that existing imports
+keep working."""
 
 from __future__ import annotations
 
-import argparse
-import logging
-import time
 from typing import Any
 
-from art_latent.cli_types import HelpFormatter, positive_int
-
-logger = logging.getLogger(__name__)
+from art_latent.cli import benchmark, report
 
 __all__ = ["add_benchmark_parsers", "run_benchmark_command", "run_report_command"]
+
+#: :func:`art_latent.cli.benchmark.run`.
+run_benchmark_command = benchmark.run
+#: :func:`art_latent.cli.report.run`.
+run_report_command = report.run
 
 
 def add_benchmark_parsers(subparsers: Any) -> None:
     """
-    Add the ``benchmark`` and ``report`` subcommands to an ``argparse`` subparsers object; each sets
-    ``handler`` (call ``args.handler(args)``, which returns the exit status).
+    Add the ``benchmark`` and ``report`` subcommands, each with its ``handler``.
 
     :param subparsers: What ``ArgumentParser.add_subparsers()`` returned.
     """
-    bench = subparsers.add_parser(
-        "benchmark",
-        help="Run paper 000's k-fold fine-tuning protocol from a TOML config (resumes unfinished runs).",
-        description="Pre-train once, then per stratified fold fine-tune every defense of the config from the same "
-                    "weights and evaluate it; writes per-fold JSON, results.json, figures and report.md to --out. "
-                    "An interrupted run resumes after its last finished fold.",
-        formatter_class=HelpFormatter,
-    )
-    bench.add_argument("--config", required=True, help="TOML configuration, e.g. configs/quick.toml.")
-    bench.add_argument("--out", default="results", help="Output directory.")
-    bench.add_argument("--restart", action="store_true",
-                       help="Discard the finished folds and pre-trained weights in --out instead of resuming.")
-    bench.add_argument("--folds", type=positive_int, default=None,
-                       help="Run only the first N folds (overrides [protocol].run_folds).")
-    bench.add_argument("--device", choices=("gpu", "cpu"), default=None, help="Override the config's device.")
-    bench.add_argument("--data-path", default=None, help="Override [data].path (the directory of the data files).")
-    bench.add_argument("--quiet", action="store_true", help="No progress bars.")
-    bench.set_defaults(handler=run_benchmark_command)
-
-    report = subparsers.add_parser(
-        "report",
-        help="Re-render report.md, results.json and the figures of a benchmark run from its JSON files.",
-        description="Re-render report.md, results.json and the figures of a benchmark run from its JSON files "
-                    "(written inside RESULTS only).",
-        formatter_class=HelpFormatter,
-    )
-    report.add_argument("results", help="The --out directory of `art-latent benchmark`.")
-    report.set_defaults(handler=run_report_command)
-
-
-def run_benchmark_command(args: argparse.Namespace) -> int:
-    """
-    Handler of ``art-latent benchmark``.
-
-    :param args: Parsed arguments (``config``, ``out``, ``restart``, ``folds``, ``device``, ``data_path``, ``quiet``).
-    :return: The exit status.
-    """
-    import dataclasses
-
-    from art_latent.experiments.config import load_config
-    from art_latent.experiments.protocol import run_benchmark
-
-    config = load_config(args.config)
-    if args.device is not None:
-        config = dataclasses.replace(config, device=args.device)
-    if args.data_path is not None:
-        config = dataclasses.replace(config, data=dataclasses.replace(config.data, path=args.data_path))
-    if args.folds is not None:
-        if args.folds > config.protocol.folds:
-            raise ValueError(f"--folds {args.folds} exceeds the {config.protocol.folds} folds of the config.")
-        config = dataclasses.replace(config, protocol=dataclasses.replace(config.protocol, run_folds=args.folds))
-    started = time.perf_counter()
-    results = run_benchmark(config, args.out, resume=not args.restart, verbose=not args.quiet)
-    print(f"\n{results['nb_folds']} fold(s) of {config.protocol.folds} finished; wrote {args.out}/report.md, "
-          f"{args.out}/results.json and {len(results['figures'])} figure(s) in {time.perf_counter() - started:.0f} s.")
-    return 0
-
-
-def run_report_command(args: argparse.Namespace) -> int:
-    """
-    Handler of ``art-latent report``.
-
-    :param args: Parsed arguments (``results``).
-    :return: The exit status.
-    """
-    from art_latent.experiments.summary import render_report
-
-    results = render_report(args.results)
-    print(f"Rendered {args.results}/report.md from {results['nb_folds']} fold(s) and "
-          f"{len(results['figures'])} figure(s).")
-    return 0
+    for command in (benchmark, report):
+        command.add_parser(subparsers).set_defaults(handler=command.run)

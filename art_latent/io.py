@@ -1,26 +1,32 @@
 """
-Writing files safely: atomically (a temporary file renamed over the destination) and only inside a given directory.
+Reading and writing files safely: atomically (a temporary file renamed over the destination), only inside a given
+directory, and without running code from what is read.
 
-Every file art_latent writes goes through :func:`atomic_write` or :func:`atomic_path`: an interrupted write leaves the
-previous file intact, and a destination that is a symbolic link is replaced, never followed. :func:`inside` checks
-that a name read from a file cannot lead a write out of its directory (``"x/../../.."``, absolute paths, symbolic
-links on the way).
+Every file art_latent writes goes through :func:`atomic_write`, :func:`atomic_path`, :func:`write_json` or
+:func:`save_figure`: an interrupted write leaves the previous file intact, and a destination that is a symbolic link
+is replaced, never followed. Every ``torch.save`` file it reads goes through :func:`safe_load`
+(``torch.load(weights_only=True)``). :func:`inside` checks that a name read from a file cannot lead a write out of its
+directory (``"x/../../.."``, absolute paths, symbolic links on the way).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
+import math
 import os
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["TMP_SUFFIX", "atomic_path", "atomic_write", "fsync_directory", "inside", "remove_stale_temporaries",
-           "save_figure", "sha256_file"]
+           "json_safe", "safe_load", "save_figure", "sha256_file", "unpickling_reason", "write_json"]
 
 #: Suffix of the temporary files of :func:`atomic_path` (``.<name>.<random>.tmp`` next to the destination).
 TMP_SUFFIX = ".tmp"
@@ -163,3 +169,81 @@ def sha256_file(path: str | os.PathLike) -> str:
         while chunk := file.read(1 << 22):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def unpickling_reason(error: BaseException) -> str:
+    """
+    The useful line of a ``torch.load(weights_only=True)`` error (which global it refused), without torch's advice to
+    load the file unsafely.
+
+    :param error: The exception.
+    :return: One line.
+    """
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in lines:
+        if "Unsupported global" in line or "Unsupported operand" in line:
+            return line.split(". Please use")[0].replace("WeightsUnpickler error: ", "")
+    return lines[0] if lines else type(error).__name__
+
+
+def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """
+    Read a ``torch.save`` file with ``torch.load(weights_only=True)``: tensors, containers and plain values only, never
+    code from the file.
+
+    :param path: The file.
+    :param map_location: Where to put the tensors (``torch.load``'s argument).
+    :return: What the file holds.
+    :raises ValueError: If torch refuses to read it safely (or it is not a ``torch.save`` file); the message names
+                        the refused global (:func:`unpickling_reason`).
+    :raises FileNotFoundError: If it does not exist.
+    """
+    import torch
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # any unpickling failure: not a file we can read safely
+        raise ValueError(f"{os.fspath(path)} cannot be read safely (torch.load with weights_only=True refused it: "
+                         f"{unpickling_reason(error)}).") from error
+
+
+def json_safe(value: Any) -> Any:
+    """
+    Recursively turn numpy/torch scalars and arrays into Python numbers and lists, and non-finite floats into
+    ``None``.
+
+    :param value: Data.
+    :return: The same data, JSON-serialisable.
+    """
+    import numpy as np
+
+    torch = sys.modules.get("torch")  # no tensor exists unless torch is imported
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if torch is not None and isinstance(value, torch.Tensor):
+        return json_safe(value.detach().cpu().tolist())
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def write_json(data: Any, path: str | os.PathLike) -> Path:
+    """
+    Write `data` as indented JSON, atomically (see :func:`atomic_path`): an interrupted write never leaves a truncated
+    file. Non-finite floats are written as ``null``.
+
+    :param data: JSON-serialisable data (numpy and torch scalars are converted, see :func:`json_safe`).
+    :param path: Destination.
+    :return: The path.
+    """
+    return atomic_write(path, json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")

@@ -31,7 +31,8 @@ _NORMALIZATION_TYPES: tuple[type, ...] = (
     nn.modules.instancenorm._InstanceNorm,
     nn.LocalResponseNorm,
 )
-_LEARNABLE_TYPES: tuple[type, ...] = (nn.modules.conv._ConvNd, nn.Linear)
+#: The module types with weights that count as learnable layers (convolutions and linear layers).
+LEARNABLE_TYPES: tuple[type, ...] = (nn.modules.conv._ConvNd, nn.Linear)
 
 
 def _activation_types() -> tuple[type, ...]:
@@ -120,7 +121,7 @@ def residual_blocks(trace: ModelTrace) -> list[int]:
     residual_types = {type(call.module) for call in calls if call.residual and not call.leaf}
     learnable_inside: set[int] = set()
     for position, call in enumerate(calls):
-        if isinstance(call.module, _LEARNABLE_TYPES):
+        if isinstance(call.module, LEARNABLE_TYPES):
             learnable_inside.update(trace.ancestors(position))
     candidates = {
         position for position, call in enumerate(calls)
@@ -165,7 +166,7 @@ def auto_layers(model: nn.Module, example: torch.Tensor | None = None, trace: Mo
     for position in range(len(calls)):
         if any(a in blocks for a in trace.ancestors(position)):
             in_block.add(position)
-    learnable = [p for p, call in enumerate(calls) if call.leaf and isinstance(call.module, _LEARNABLE_TYPES)]
+    learnable = [p for p, call in enumerate(calls) if call.leaf and isinstance(call.module, LEARNABLE_TYPES)]
     if not learnable:
         return []
     logits = learnable[-1]
@@ -186,7 +187,7 @@ def auto_layers(model: nn.Module, example: torch.Tensor | None = None, trace: Mo
             start = current = None
             if position != logits_unit:
                 latents.append(position)
-        elif isinstance(call.module, _LEARNABLE_TYPES):
+        elif isinstance(call.module, LEARNABLE_TYPES):
             close()
             start = current = position
         elif current is not None and (is_normalization(call) or is_activation(call)):

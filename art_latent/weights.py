@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from art_latent.io import atomic_path, safe_load, unpickling_reason
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["FORMAT", "SavedWeights", "load_weights", "save_weights", "unpickling_reason"]
@@ -66,7 +68,6 @@ def save_weights(path: str | os.PathLike, state_dict: Mapping[str, Any], model: 
     """
     import torch
 
-    from art_latent.io import atomic_path
     from art_latent.trainers.checkpoint import plain
 
     state = {"format": FORMAT, "version": 1,
@@ -77,21 +78,6 @@ def save_weights(path: str | os.PathLike, state_dict: Mapping[str, Any], model: 
     with atomic_path(path) as tmp:
         torch.save(plain(state), tmp)
     return Path(path)
-
-
-def unpickling_reason(error: BaseException) -> str:
-    """
-    The useful line of a ``torch.load(weights_only=True)`` error (which global it refused), without torch's advice to
-    load the file unsafely.
-
-    :param error: The exception.
-    :return: One line.
-    """
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    for line in lines:
-        if "Unsupported global" in line or "Unsupported operand" in line:
-            return line.split(". Please use")[0].replace("WeightsUnpickler error: ", "")
-    return lines[0] if lines else type(error).__name__
 
 
 def load_weights(path: str | os.PathLike) -> SavedWeights:
@@ -108,11 +94,7 @@ def load_weights(path: str | os.PathLike) -> SavedWeights:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"The weights file {path} does not exist.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # any unpickling failure: not a weights file we can read safely
-        raise ValueError(f"{path} cannot be read safely (torch.load with weights_only=True refused it: "
-                         f"{unpickling_reason(error)}).") from error
+    state = safe_load(path)  # ValueError with a one-line message
     if not isinstance(state, Mapping):
         raise ValueError(f"{path} holds a {type(state).__name__}, not weights (a state_dict or an art_latent "
                          "weights file).")

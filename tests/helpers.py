@@ -173,37 +173,12 @@ def ddp_resume_worker(rank: int, world_size: int, port: int, x, y, out_dir: str,
 
 
 def every_trainer(device_type: str = "cpu") -> dict[str, Callable[[LatentClassifier], object]]:
-    """Every trainer at its defaults except the attack (ART's FGSM, to keep test matrices fast), by name."""
-    from art.attacks.evasion import FastGradientMethod
+    """
+    Every registered trainer (:mod:`art_latent.registries.trainers`) from its test factory: defaults except the attack
+    (ART's FGSM, to keep test matrices fast), by short name. The device comes from the classifier (`device_type` is
+    kept for the callers).
+    """
+    from art_latent.registries.trainers import trainer_entries
 
-    from art_latent.defences import DenoiserTrainer, FeatureGuidedDenoiser
-    from art_latent.trainers import (
-        AFDTrainer,
-        ATLRTrainer,
-        DeepDefenseTrainer,
-        FIMRTrainer,
-        GaussianNoiseTrainer,
-        HLDRTrainer,
-        LatentTrainer,
-        LayerwisePerturbationTrainer,
-        StabilityTrainer,
-    )
-
-    def denoiser(clf: LatentClassifier) -> DenoiserTrainer:
-        torch.manual_seed(1)
-        network = FeatureGuidedDenoiser(in_channels=1, width=4, depth=1, clip_values=(0.0, 1.0),
-                                        device_type=device_type)
-        return DenoiserTrainer(clf, network, FastGradientMethod(clf, eps=0.1), budgets=(0.0, 0.1))
-
-    return {
-        "plain": lambda clf: LatentTrainer(clf, seed=0),
-        "hldr": lambda clf: HLDRTrainer(clf, FastGradientMethod(clf, eps=0.1), seed=0),
-        "fimr": lambda clf: FIMRTrainer(clf, seed=0),
-        "agnt": lambda clf: GaussianNoiseTrainer(clf, seed=0),
-        "stability": lambda clf: StabilityTrainer(clf, seed=0),
-        "afd": lambda clf: AFDTrainer(clf, FastGradientMethod(clf, eps=0.1), validation_attack=None, seed=0),
-        "deep_defense": lambda clf: DeepDefenseTrainer(clf, seed=0),
-        "layerwise": lambda clf: LayerwisePerturbationTrainer(clf, seed=0),
-        "atlr": lambda clf: ATLRTrainer(clf, FastGradientMethod(clf, eps=0.1), seed=0),
-        "denoiser": denoiser,
-    }
+    return {entry.key: (lambda clf, factory=entry.test_factory: factory(clf, 0))
+            for entry in trainer_entries().values() if entry.test_factory is not None}

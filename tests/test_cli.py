@@ -115,7 +115,7 @@ def test_the_committed_demo_results_were_made_with_the_demos_defaults():
     import inspect
     from pathlib import Path
 
-    from art_latent.demo import run_demo
+    from art_latent.experiments.demo import run_demo
 
     defaults = {k: p.default for k, p in inspect.signature(run_demo).parameters.items()}
     folder = Path(__file__).resolve().parents[1] / "docs" / "_generated" / "demo"

@@ -22,44 +22,25 @@ import torch
 from art.attacks.evasion import FastGradientMethod
 from helpers import make_classifier
 
-from art_latent import LatentClassifier
-from art_latent.defences import DenoiserTrainer, FeatureGuidedDenoiser
-from art_latent.trainers import (
-    AFDTrainer,
-    ATLRTrainer,
-    DeepDefenseTrainer,
-    FIMRTrainer,
-    GaussianNoiseTrainer,
-    HLDRTrainer,
-    LatentTrainer,
-    LayerwisePerturbationTrainer,
-    StabilityTrainer,
-)
+from art_latent import LatentClassifier, trainers
+from art_latent.registries.trainers import trainer_entries
+from art_latent.trainers import LatentTrainer
 from art_latent.trainers import checkpoint as ckpt
 from art_latent.trainers.base import LatentTrainer as Base
 
-_DENOISERS: dict[int, FeatureGuidedDenoiser] = {}
-
-
-def _denoiser_trainer(clf: LatentClassifier, seed: int) -> DenoiserTrainer:
-    torch.manual_seed(1)
-    denoiser = FeatureGuidedDenoiser(in_channels=1, width=4, depth=1, clip_values=(0.0, 1.0), device_type="cpu")
-    return DenoiserTrainer(clf, denoiser, FastGradientMethod(clf, eps=0.1), budgets=(0.0, 0.1), seed=seed)
-
-
+#: Every registered trainer from its test factory, with settings that keep these checks fast and exact for some.
 FACTORIES: dict[str, Callable[[LatentClassifier, int], Base]] = {
-    "plain": lambda clf, seed: LatentTrainer(clf, seed=seed),
-    "hldr": lambda clf, seed: HLDRTrainer(clf, FastGradientMethod(clf, eps=0.1), budgets=(0.0, 0.1),
-                                          noise_sigma=0.05, seed=seed),
-    "fimr": lambda clf, seed: FIMRTrainer(clf, seed=seed),
-    "agnt": lambda clf, seed: GaussianNoiseTrainer(clf, fixed_noise=True, seed=seed),
-    "stability": lambda clf, seed: StabilityTrainer(clf, seed=seed),
-    "afd": lambda clf, seed: AFDTrainer(clf, FastGradientMethod(clf, eps=0.1), validation_attack=None, seed=seed),
-    "deep_defense": lambda clf, seed: DeepDefenseTrainer(clf, lam=0.01, max_iter=2, seed=seed),
-    "layerwise": lambda clf, seed: LayerwisePerturbationTrainer(clf, variant="joint", seed=seed),
-    "atlr": lambda clf, seed: ATLRTrainer(clf, FastGradientMethod(clf, eps=0.1), layers=["fc"], seed=seed),
-    "denoiser": _denoiser_trainer,
+    entry.key: entry.test_factory for entry in trainer_entries().values() if entry.test_factory is not None
 }
+FACTORIES.update({
+    "hldr": lambda clf, seed: trainers.HLDRTrainer(clf, FastGradientMethod(clf, eps=0.1), budgets=(0.0, 0.1),
+                                                   noise_sigma=0.05, seed=seed),
+    "agnt": lambda clf, seed: trainers.GaussianNoiseTrainer(clf, fixed_noise=True, seed=seed),
+    "deep_defense": lambda clf, seed: trainers.DeepDefenseTrainer(clf, lam=0.01, max_iter=2, seed=seed),
+    "layerwise": lambda clf, seed: trainers.LayerwisePerturbationTrainer(clf, variant="joint", seed=seed),
+    "atlr": lambda clf, seed: trainers.ATLRTrainer(clf, FastGradientMethod(clf, eps=0.1), layers=["fc"],
+                                                   seed=seed),
+})
 
 
 def _classifier() -> LatentClassifier:
@@ -152,7 +133,8 @@ def test_unsafe_or_foreign_checkpoints_are_refused(tmp_path, tiny_data):
     clf = _classifier()
     LatentTrainer(clf).fit(*tiny_data, nb_epochs=1, batch_size=32, checkpoint_dir=tmp_path / "a", verbose=False)
     with pytest.raises(ValueError, match="written by LatentTrainer"):
-        FIMRTrainer(clf).fit(*tiny_data, nb_epochs=2, checkpoint_dir=tmp_path / "a", resume=True, verbose=False)
+        trainers.FIMRTrainer(clf).fit(*tiny_data, nb_epochs=2, checkpoint_dir=tmp_path / "a", resume=True,
+                                      verbose=False)
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="`checkpoint_dir`"):
         LatentTrainer(clf).fit(*tiny_data, nb_epochs=1, checkpoint_dir=tmp_path / "file", verbose=False)
@@ -289,7 +271,7 @@ def test_callbacks_edit_the_history_and_their_changes_are_in_the_checkpoint(tiny
 
     def run(nb_epochs, directory=None, resume=False, crash_after=None):
         clf = _classifier()
-        trainer = HLDRTrainer(clf, FastGradientMethod(clf, eps=0.1), regenerate="epoch", seed=2)
+        trainer = trainers.HLDRTrainer(clf, FastGradientMethod(clf, eps=0.1), regenerate="epoch", seed=2)
 
         def crash(trainer, epoch, logs):
             if epoch == crash_after:

@@ -5,15 +5,17 @@ of the papers (sensitivity, dimensionality, rho_2, eps_ref).
 
 from art_latent.analysis.curves import (
     ConfidenceInterval,
+    accuracy,
     accuracy_under_perturbation,
+    accuracy_vs_eps,
     accuracy_vs_noise,
     mean_confidence_interval,
     perturbation_error,
     predict_labels,
+    robust_accuracy,
 )
 from art_latent.analysis.deepfool_metrics import accuracy_at_eps_ref, eps_ref, rho2
 from art_latent.analysis.lsa import LayerSustainabilityAnalysis, LSAResult, learnable_layers, rg_score
-from art_latent.analysis.metrics import accuracy, accuracy_vs_eps, robust_accuracy
 from art_latent.analysis.report import RobustnessReport, gradient_masking_flags
 from art_latent.analysis.representation import (
     embeddings,

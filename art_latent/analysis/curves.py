@@ -1,6 +1,10 @@
 """
-Batched, on-device evaluation curves: accuracy under an attack or under Gaussian noise, the per-layer perturbation
-error of paper 000 (Fig. 6), and t confidence intervals over repeated runs (folds).
+Accuracy metrics and evaluation curves: accuracy under an attack or under Gaussian noise, the per-layer perturbation
+error of paper 000 (Fig. 6), t confidence intervals over repeated runs (folds), and the plain accuracy and robust
+accuracy of a classifier on numpy inputs.
+
+ART's ``art.metrics.adversarial_accuracy`` is conditional on the clean-correct samples; the papers report the plain
+robust accuracy (correct under attack / all samples), which :func:`robust_accuracy` computes.
 
 Everything here works on torch tensors on the classifier's device (numpy inputs are moved there once), in eval mode
 under ``torch.no_grad()`` where no gradient is needed, and restores the train/eval flag of every module afterwards.
@@ -10,8 +14,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -20,10 +24,17 @@ from tqdm.auto import tqdm
 from art_latent.utils import labels_to_indices, preserve_mode
 from art_latent.validation import check_int, check_range
 
+if TYPE_CHECKING:
+    from art.estimators.classification.classifier import ClassifierMixin
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "ConfidenceInterval",
+    "accuracy",
+    "accuracy_vs_eps",
+    "classifier_inputs",
+    "robust_accuracy",
     "accuracy_under_perturbation",
     "accuracy_vs_noise",
     "mean_confidence_interval",
@@ -50,7 +61,7 @@ def _check_pytorch(classifier: Any) -> None:
         )
 
 
-def _inputs(classifier: Any, x: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def classifier_inputs(classifier: Any, x: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate and move ``(x, y)`` to the classifier's device; labels become class indices."""
     _check_pytorch(classifier)
     x_t = _as_tensor(x, classifier.device, torch.float32)
@@ -120,7 +131,7 @@ def accuracy_under_perturbation(
     """
     from art_latent.perturbations import as_perturbation_source
 
-    x_t, y_t = _inputs(classifier, x, y)
+    x_t, y_t = classifier_inputs(classifier, x, y)
     batch_size = check_int("batch_size", batch_size)
     source = as_perturbation_source(source) if source is not None and eps != 0 else None
     correct = torch.zeros((), dtype=torch.int64, device=x_t.device)
@@ -158,7 +169,7 @@ def accuracy_vs_noise(
     """
     from art_latent.perturbations import GaussianNoiseSource
 
-    x_t, y_t = _inputs(classifier, x, y)
+    x_t, y_t = classifier_inputs(classifier, x, y)
     sigmas = [check_range("sigmas", s, 0.0, math.inf, high_open=True) for s in sigmas]
     results = []
     for index, sigma in enumerate(tqdm(sigmas, desc="noise levels", disable=not verbose)):
@@ -271,3 +282,73 @@ def mean_confidence_interval(values: Sequence[float], confidence: float = 0.95) 
         sem = float(v.std(ddof=1)) / math.sqrt(v.size)
         half = float(stats.t.ppf((1.0 + confidence) / 2.0, v.size - 1)) * sem
     return ConfidenceInterval(mean, half, mean - half, mean + half, int(v.size))
+
+
+def _labels(y: np.ndarray) -> np.ndarray:
+    y = np.asarray(y)
+    return y.argmax(axis=1) if y.ndim == 2 else y.astype(np.int64)
+
+
+def accuracy(classifier: ClassifierMixin, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:
+    """
+    Fraction of `x` that `classifier` labels correctly.
+
+    :param classifier: An ART classifier.
+    :param x: Inputs.
+    :param y: Labels as indices or one-hot.
+    :param batch_size: Prediction batch size.
+    :return: The accuracy in [0, 1].
+    """
+    predictions = classifier.predict(x, batch_size=batch_size)
+    return float(np.mean(predictions.argmax(axis=1) == _labels(y)))
+
+
+def robust_accuracy(
+    classifier: ClassifierMixin, x: np.ndarray, y: np.ndarray, attack: Any = None, batch_size: int = 256
+) -> float:
+    """
+    Plain robust accuracy: samples classified correctly *after* the attack, over all samples.
+
+    :param classifier: An ART classifier.
+    :param x: Clean inputs.
+    :param y: True labels (indices or one-hot).
+    :param attack: An ART evasion attack (its ``generate(x, y)`` is called with the true labels); ``None`` gives the
+                   clean accuracy.
+    :param batch_size: Prediction batch size.
+    :return: The robust accuracy in [0, 1].
+    """
+    if attack is None:
+        return accuracy(classifier, x, y, batch_size)
+    nb_classes = classifier.nb_classes
+    y_onehot = np.eye(nb_classes, dtype=np.float32)[_labels(y)]
+    x_adv = attack.generate(x=x, y=y_onehot)
+    return accuracy(classifier, x_adv, y, batch_size)
+
+
+def accuracy_vs_eps(
+    classifier: ClassifierMixin,
+    x: np.ndarray,
+    y: np.ndarray,
+    attack_factory: Callable[[ClassifierMixin, float], Any],
+    eps_list: Sequence[float],
+    batch_size: int = 256,
+    verbose: bool = False,
+) -> list[float]:
+    """
+    Robust accuracy for every budget in `eps_list` (budget 0 is the clean accuracy).
+
+    :param classifier: An ART classifier.
+    :param x: Clean inputs.
+    :param y: True labels.
+    :param attack_factory: ``attack_factory(classifier, eps)`` returns an ART evasion attack with budget `eps`,
+                           e.g. ``lambda c, e: FastGradientMethod(c, eps=e, batch_size=256)``.
+    :param eps_list: The budgets.
+    :param batch_size: Prediction batch size.
+    :param verbose: Show a progress bar.
+    :return: One accuracy per budget.
+    """
+    results = []
+    for eps in tqdm(eps_list, desc="budgets", disable=not verbose):
+        attack = None if eps == 0 else attack_factory(classifier, float(eps))
+        results.append(robust_accuracy(classifier, x, y, attack, batch_size))
+    return results

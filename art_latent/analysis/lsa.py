@@ -18,115 +18,21 @@ from art.estimators.classification.pytorch import PyTorchClassifier
 from tqdm.auto import tqdm
 
 from art_latent.estimator import LatentClassifier
-from art_latent.layers import _LEARNABLE_TYPES, LayerSpec
-from art_latent.perturbations import (
-    Budget,
-    GaussianNoiseSource,
-    PerturbationSource,
-    _make_generator,
-    as_perturbation_source,
-)
+from art_latent.io import save_figure
+from art_latent.layers import LEARNABLE_TYPES, LayerSpec
+from art_latent.perturbations import GaussianNoiseSource, PerturbationSource, as_perturbation_source
+from art_latent.perturbations.noise import NoiseSource
 from art_latent.regularizers.relative_error import relative_error
 from art_latent.utils import preserve_mode
 from art_latent.validation import check_choice, check_data, check_int, check_range
 
 logger = logging.getLogger(__name__)
 
-NOISE_KINDS = ("gaussian", "salt", "pepper", "s&p", "speckle")
 DEFAULT_ETA = 0.5
 #: How :meth:`LayerSustainabilityAnalysis.run` reduces the relative error: per sample, or one ratio per batch.
 LSA_REDUCTIONS = ("sample", "batch")
 #: The module types the authors' LSA code hooks (``selected_probs``: ReLU, ELU, LeakyReLU).
 AUTHORS_ACTIVATION_TYPES: tuple[type[torch.nn.Module], ...] = (torch.nn.ReLU, torch.nn.ELU, torch.nn.LeakyReLU)
-
-
-class NoiseSource(PerturbationSource):
-    """
-    The statistical perturbations of LSA (paper 004, §4.1.3): Gaussian, salt, pepper, salt-and-pepper and speckle
-    noise, on device. Defaults are those of ``skimage.util.random_noise`` (the "default parameters" of the paper):
-
-    * ``"gaussian"``: :math:`x + n`, :math:`n \\sim \\mathcal{N}(\\text{mean}, \\text{var})`, var = 0.01;
-    * ``"speckle"``: :math:`x + x\\,n`, same :math:`n`;
-    * ``"salt"`` / ``"pepper"``: each entry is set, with probability ``amount`` = 0.05, to the top (salt) or the
-      bottom (pepper) of ``clip_values`` (1 and 0 without clip values);
-    * ``"s&p"``: salt or pepper with probability ``amount``, salt with probability ``salt_vs_pepper`` among them.
-
-    The result is clipped to ``clip_values`` when given (as skimage clips to the image range).
-    """
-
-    def __init__(
-        self,
-        kind: str,
-        var: float = 0.01,
-        mean: float = 0.0,
-        amount: float = 0.05,
-        salt_vs_pepper: float = 0.5,
-        clip_values: tuple[float, float] | None = (0.0, 1.0),
-        generator: torch.Generator | int | None = None,
-    ) -> None:
-        """
-        :param kind: One of ``"gaussian"``, ``"salt"``, ``"pepper"``, ``"s&p"``, ``"speckle"``.
-        :param var: Variance of the Gaussian / speckle noise (> 0).
-        :param mean: Mean of the Gaussian / speckle noise.
-        :param amount: Fraction of entries replaced by salt / pepper, in [0, 1].
-        :param salt_vs_pepper: Fraction of salt among the replaced entries of ``"s&p"``, in [0, 1].
-        :param clip_values: ``(min, max)`` of the inputs (scalars), or ``None``.
-        :param generator: ``torch.Generator`` or integer seed for the draws; ``None`` uses torch's global one.
-        """
-        kind = str(kind).lower()
-        if kind not in NOISE_KINDS:
-            raise ValueError(f"Noise `kind` must be one of {NOISE_KINDS}, got {kind!r}.")
-        self.kind = kind
-        self.var = check_range("var", var, 0.0, math.inf, low_open=True, high_open=True)
-        self.mean = check_range("mean", mean, -math.inf, math.inf, low_open=True, high_open=True)
-        self.amount = check_range("amount", amount, 0.0, 1.0)
-        self.salt_vs_pepper = check_range("salt_vs_pepper", salt_vs_pepper, 0.0, 1.0)
-        if clip_values is not None:
-            low, high = (float(np.min(clip_values[0])), float(np.max(clip_values[1])))
-            if not low < high:
-                raise ValueError(f"`clip_values` must be (min, max) with min < max, got {clip_values!r}.")
-            self.clip_values: tuple[float, float] | None = (low, high)
-        else:
-            self.clip_values = None
-        self.generator = _make_generator(generator)
-
-    def __repr__(self) -> str:
-        if self.kind in ("gaussian", "speckle"):
-            return f"NoiseSource({self.kind!r}, var={self.var}, mean={self.mean})"
-        return f"NoiseSource({self.kind!r}, amount={self.amount})"
-
-    def _draw(self, shape: tuple[int, ...], like: torch.Tensor, normal: bool) -> torch.Tensor:
-        sampler = torch.randn if normal else torch.rand
-        if self.generator is None:
-            return sampler(shape, dtype=like.dtype, device=like.device)
-        return sampler(shape, dtype=like.dtype, device=self.generator.device, generator=self.generator).to(like.device)
-
-    def generate(self, x: torch.Tensor, y: torch.Tensor | None = None, eps: Budget | None = None) -> torch.Tensor:
-        """
-        Perturb a batch.
-
-        :param x: Inputs ``(B, ...)``.
-        :param y: Unused.
-        :param eps: Not supported (statistical noise has no budget); must be ``None``.
-        :return: Detached noisy inputs.
-        """
-        if eps is not None:
-            raise ValueError(f"{self!r} has no budget: `eps` must be None.")
-        x = x.detach()
-        low, high = self.clip_values if self.clip_values is not None else (0.0, 1.0)
-        shape = tuple(x.shape)
-        if self.kind in ("gaussian", "speckle"):
-            noise = self.mean + math.sqrt(self.var) * self._draw(shape, x, normal=True)
-            out = x + noise if self.kind == "gaussian" else x + x * noise
-            return out.clamp(low, high) if self.clip_values is not None else out
-        flip = self._draw(shape, x, normal=False) < self.amount
-        if self.kind == "salt":
-            return torch.where(flip, torch.full_like(x, high), x)
-        if self.kind == "pepper":
-            return torch.where(flip, torch.full_like(x, low), x)
-        salt = self._draw(shape, x, normal=False) < self.salt_vs_pepper
-        values = torch.where(salt, torch.full_like(x, high), torch.full_like(x, low))
-        return torch.where(flip, values, x)
 
 
 def learnable_layers(classifier: LatentClassifier, include_logits: bool = False) -> list[str]:
@@ -144,7 +50,7 @@ def learnable_layers(classifier: LatentClassifier, include_logits: bool = False)
     names = classifier._resolve("auto")
     if include_logits:
         trace = classifier.trace(training=False)
-        learnable = [call.ref for call in trace.calls if call.leaf and isinstance(call.module, _LEARNABLE_TYPES)]
+        learnable = [call.ref for call in trace.calls if call.leaf and isinstance(call.module, LEARNABLE_TYPES)]
         names.append(learnable[-1])
     return names
 
@@ -344,8 +250,7 @@ class LSAResult:
         axes.legend(fontsize=8)
         axes.set_title(title or "Layer sustainability analysis")
         figure.tight_layout()
-        figure.savefig(os.fspath(path), dpi=120, format="png")
-        return os.fspath(path)
+        return os.fspath(save_figure(figure, path, dpi=120))
 
 
 def _named_sources(kind: str, spec: Any, classifier: LatentClassifier) -> list[tuple[str, PerturbationSource]]:

@@ -16,12 +16,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from art_latent.analysis.curves import _inputs, accuracy_under_perturbation
+from art_latent.analysis.curves import accuracy_under_perturbation, classifier_inputs
+from art_latent.registries.evaluation_attacks import evaluation_attacks
 
 logger = logging.getLogger(__name__)
 
-#: White-box attacks of the report, compared with the transfer and black-box attacks.
-WHITE_BOX = ("fgsm", "pgd", "autoattack", "latent")
+#: The built-in white-box attacks of the report (the registry's ``white_box`` flag decides, for any attack), compared
+#: with the transfer and black-box attacks.
+WHITE_BOX = tuple(n for n, a in evaluation_attacks().items() if a.white_box)
 
 #: The checks of :func:`masking_checks`, with the source of each.
 CHECKS = {
@@ -69,7 +71,8 @@ def gradient_masking_flags(
     def fmt(e: float) -> str:
         return f"{e * scale:g}/{scale:g}" if scale != 1 else f"{e:g}"
 
-    white = {k: v for k, v in accuracy.items() if k in WHITE_BOX and v is not None}
+    white_box = {n for n, a in evaluation_attacks().items() if a.white_box}
+    white = {k: v for k, v in accuracy.items() if k in white_box and v is not None}
     for name, curve in white.items():
         values = [math.nan if v is None else float(v) for v in curve]
         for i in range(len(eps) - 1):
@@ -163,7 +166,7 @@ def masking_checks(
     from art.attacks.evasion import SquareAttack
     from art.metrics import loss_gradient_check
 
-    x_t, y_t = _inputs(classifier, x, y)
+    x_t, y_t = classifier_inputs(classifier, x, y)
     x_t, y_t = x_t[:samples], y_t[:samples]
     x_np, y_np = x_t.cpu().numpy(), y_t.cpu().numpy()
     out: dict[str, dict[str, Any]] = {}

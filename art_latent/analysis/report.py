@@ -20,132 +20,33 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from art_latent.analysis.autoattack import MULTIPROCESS_MESSAGE, PRESETS, AutoAttackEnsemble
+from art_latent.analysis import report_render
+from art_latent.analysis.autoattack import MULTIPROCESS_MESSAGE, PRESETS
 from art_latent.analysis.curves import (
-    _inputs,
     accuracy_under_perturbation,
     accuracy_vs_noise,
+    classifier_inputs,
     perturbation_error,
     predict_labels,
 )
-from art_latent.analysis.masking import WHITE_BOX, gradient_masking_flags
+from art_latent.analysis.masking import gradient_masking_flags
 from art_latent.analysis.masking import masking_checks as run_masking_checks
-from art_latent.io import atomic_write, save_figure
+from art_latent.analysis.plotting import plot_curves
+from art_latent.io import atomic_write, json_safe, write_json
+from art_latent.registries.evaluation_attacks import attack_names, attack_titles, evaluation_attack
 from art_latent.validation import check_budget_units, check_choice, check_int, check_range
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["ATTACKS", "EPS_ATTACKS", "RobustnessReport", "gradient_masking_flags", "plot_curves", "write_json"]
 
-#: Attacks a report can run, all in the default suite.
+#: The default suite: the built-in attacks of the registry :mod:`~art_latent.registries.evaluation_attacks` (an
+#: attack registered there runs when named in ``attacks``).
 ATTACKS = ("fgsm", "pgd", "transfer", "noise", "autoattack", "latent")
-#: Attacks evaluated over the eps list (``"noise"`` runs over the sigma list instead).
-EPS_ATTACKS = ("fgsm", "pgd", "transfer", "autoattack", "latent")
-ATTACK_TITLES = {
-    "fgsm": "FGSM (white-box)",
-    "pgd": "PGD-Linf (white-box)",
-    "transfer": "transfer from the reference",
-    "autoattack": "AutoAttack",
-    "latent": "latent adaptive PGD",
-    "noise": "Gaussian noise",
-}
-
-
-def _json_safe(value: Any) -> Any:
-    """Recursively turn numpy/torch scalars into Python numbers and non-finite floats into ``None``."""
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return _json_safe(value.detach().cpu().tolist())
-    if isinstance(value, np.ndarray):
-        return _json_safe(value.tolist())
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value
-
-
-def write_json(data: Any, path: str | os.PathLike) -> Path:
-    """
-    Write `data` as indented JSON, atomically (a temporary file renamed over `path`): an interrupted write never
-    leaves a truncated file. Non-finite floats are written as ``null``.
-
-    :param data: JSON-serialisable data (numpy and torch scalars are converted).
-    :param path: Destination.
-    :return: The path.
-    """
-    return atomic_write(path, json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n")
-
-
-def plot_curves(
-    ax: Any,
-    xs: Sequence[float],
-    series: Mapping[str, tuple[Sequence[float | None], Sequence[float | None] | None]],
-    xlabel: str,
-    ylabel: str,
-    title: str | None = None,
-    zero_line: bool = False,
-    colors: Mapping[str, str] | None = None,
-    integer_x: bool = False,
-    ylim: tuple[float | None, float | None] | None = None,
-    xticklabels: Sequence[str] | None = None,
-    legend: bool = True,
-) -> None:
-    """
-    Draw one line per series on a matplotlib axis, with error bars when half widths are given.
-
-    :param ax: A matplotlib ``Axes``.
-    :param xs: The x values.
-    :param series: ``{label: (values, half widths or None)}``; ``None`` values and half widths are skipped / drawn
-                   without a bar.
-    :param xlabel: x-axis label.
-    :param ylabel: y-axis label.
-    :param title: Axis title.
-    :param zero_line: Draw a horizontal line at 0 (for gains).
-    :param colors: ``{label: matplotlib color}``, so a model keeps its color across panels and figures.
-    :param integer_x: Integer ticks on the x axis (layer numbers).
-    :param ylim: ``(bottom, top)`` of the y axis (``(0, 1)`` for accuracies, so small gaps are not magnified);
-                 ``None`` entries autoscale.
-    :param xticklabels: Names for the x ticks (one per x value, e.g. the layers), drawn rotated.
-    :param legend: Draw the legend, outside the axis on the right so that it never covers the data.
-    """
-    for label, (values, half) in series.items():
-        y = np.array([np.nan if v is None else v for v in values], dtype=float)
-        err = None if half is None else np.array([0.0 if h is None or not np.isfinite(h) else h for h in half])
-        ax.errorbar(list(xs), y, yerr=err, marker="o", markersize=3, capsize=3 if err is not None else 0, label=label,
-                    color=(colors or {}).get(label))
-    if integer_x:
-        from matplotlib.ticker import MaxNLocator
-
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if zero_line:
-        ax.axhline(0.0, color="black", linewidth=0.8)
-    if xticklabels is not None:
-        ax.set_xticks(list(xs))
-        ax.set_xticklabels(list(xticklabels), rotation=40, ha="right", fontsize=7)
-    if ylim is not None:
-        ax.set_ylim(*ylim)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    if series and legend:
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+#: The built-in attacks evaluated over the eps list (``"noise"`` runs over the sigma list instead).
+EPS_ATTACKS = attack_names("eps")
+#: ``{name: title}`` of the built-in attacks.
+ATTACK_TITLES = attack_titles()
 
 
 class RobustnessReport:
@@ -209,7 +110,8 @@ class RobustnessReport:
         verbose: bool = True,
     ) -> None:
         """
-        :param attacks: Names from :data:`ATTACKS`.
+        :param attacks: Names of registered attacks (:mod:`~art_latent.registries.evaluation_attacks`; the built-in
+                        ones are :data:`ATTACKS`).
         :param eps_list: Budgets (input units, e.g. ``8 / 255``), each >= 0; sorted ascending; 0 is the clean
                          accuracy.
         :param sigma_list: Standard deviations of the Gaussian noise, each >= 0.
@@ -246,9 +148,9 @@ class RobustnessReport:
         """
         attacks = tuple(attacks)
         if not attacks:
-            raise ValueError(f"`attacks` is empty; accepted names: {ATTACKS}.")
+            raise ValueError(f"`attacks` is empty; accepted names: {attack_names()}.")
         for name in attacks:
-            check_choice("attacks", name, ATTACKS)
+            check_choice("attacks", name, attack_names())
         if len(set(attacks)) != len(attacks):
             raise ValueError(f"`attacks` has duplicates: {attacks}.")
         if "autoattack" in attacks and importlib.util.find_spec("multiprocess") is None:
@@ -262,7 +164,7 @@ class RobustnessReport:
         self.check_samples = check_int("check_samples", check_samples)
         self.attacks = attacks
         self.eps_list = sorted(check_range("eps_list", e, 0.0, math.inf, high_open=True) for e in eps_list)
-        if any(a in EPS_ATTACKS for a in attacks) and not self.eps_list:
+        if any(a in attack_names("eps") for a in attacks) and not self.eps_list:
             raise ValueError("`eps_list` is empty.")
         self.sigma_list = sorted(check_range("sigma_list", s, 0.0, math.inf, high_open=True) for s in sigma_list)
         if "noise" in attacks and not self.sigma_list:
@@ -336,42 +238,17 @@ class RobustnessReport:
         The perturbation source of a white-box attack on `classifier`, with the report's settings (the budget is
         set per call with ``eps=``).
 
-        :param name: ``"fgsm"``, ``"pgd"``, ``"autoattack"`` or ``"latent"``.
+        :param name: A registered attack with a builder (``"fgsm"``, ``"pgd"``, ``"autoattack"``, ``"latent"``, ...).
         :param classifier: The attacked classifier.
         :param offset: Added to the seed of the random starts.
         :return: A :class:`~art_latent.perturbations.PerturbationSource`.
         """
-        from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescent
-
-        from art_latent.perturbations import ARTAttackSource, as_perturbation_source
-
+        build = evaluation_attack(name).build
+        if build is None:
+            raise ValueError(f"{name!r} is not an attack built per classifier (the transfer attack and the noise are "
+                             "run by the report itself).")
         reference_eps = max(self.eps_list[-1], 1e-3)  # overridden per budget; sets the step/eps ratio
-        if name == "fgsm":
-            attack = FastGradientMethod(classifier, eps=reference_eps, batch_size=self.batch_size)
-        elif name == "pgd":
-            attack = ProjectedGradientDescent(
-                classifier, eps=reference_eps, eps_step=self.pgd_step_ratio * reference_eps,
-                max_iter=self.pgd_max_iter, num_random_init=self.pgd_restarts, batch_size=self.batch_size,
-                verbose=False,
-            )
-        elif name == "autoattack":
-            if importlib.util.find_spec("multiprocess") is None:
-                raise ImportError(MULTIPROCESS_MESSAGE)
-            kwargs = {"batch_size": self.batch_size, "preset": self.autoattack_preset, **self.autoattack_kwargs}
-            return ARTAttackSource(AutoAttackEnsemble(classifier, eps=reference_eps, **kwargs))
-        elif name == "latent":
-            from art_latent.attacks import LatentPGD
-            from art_latent.estimator import LatentClassifier
-
-            if not isinstance(classifier, LatentClassifier):
-                classifier = LatentClassifier.from_classifier(classifier)
-            kwargs = {"eps_step": self.pgd_step_ratio * reference_eps, "max_iter": self.pgd_max_iter,
-                      "num_random_init": max(self.pgd_restarts, 1), "batch_size": self.batch_size,
-                      "verbose": False, **self.latent_kwargs}
-            return ARTAttackSource(LatentPGD(classifier, eps=reference_eps, **kwargs))
-        else:
-            raise ValueError(f"{name!r} is not a white-box attack of the suite.")
-        return as_perturbation_source(attack, generator=torch.Generator().manual_seed(self.seed + offset))
+        return build(self, classifier, reference_eps, torch.Generator().manual_seed(self.seed + offset))
 
     def transfer_examples(self, source_classifier: Any, x: Any, y: Any) -> dict[float, torch.Tensor]:
         """
@@ -383,7 +260,7 @@ class RobustnessReport:
         :param y: True labels.
         :return: ``{eps: adversarial inputs}`` on the source classifier's device.
         """
-        x_t, y_t = _inputs(source_classifier, x, y)
+        x_t, y_t = classifier_inputs(source_classifier, x, y)
         source = self.make_source(self.transfer_attack, source_classifier, offset=1)
         out: dict[float, torch.Tensor] = {}
         budgets = [e for e in self.eps_list if e > 0]
@@ -426,12 +303,12 @@ class RobustnessReport:
         """
         started = time.perf_counter()
         self._check_units(classifier)
-        x_t, y_t = _inputs(classifier, x, y)
+        x_t, y_t = classifier_inputs(classifier, x, y)
         if "transfer" in self.attacks and transfer is None:
             raise ValueError("The suite has 'transfer': pass the reference's `transfer_examples`.")
         clean = (predict_labels(classifier, x_t, self.batch_size) == y_t).double().mean().item()
         result: dict[str, Any] = {"clean_accuracy": clean, "accuracy": {}}
-        for offset, attack in enumerate(a for a in self.attacks if a in EPS_ATTACKS):
+        for offset, attack in enumerate(a for a in self.attacks if evaluation_attack(a).axis == "eps"):
             curve = []
             source = None if attack == "transfer" else self.make_source(attack, classifier, offset=10 + offset)
             for eps in tqdm(self.eps_list, desc=f"{name}: {attack}", disable=not self.verbose, leave=False):
@@ -470,7 +347,7 @@ class RobustnessReport:
         if self.masking_checks and check_eps is not None:
             at = {a: c[self.eps_list.index(check_eps)] for a, c in result["accuracy"].items()
                   if check_eps in self.eps_list}
-            white = [v for a, v in at.items() if a in WHITE_BOX and v is not None]
+            white = [v for a, v in at.items() if evaluation_attack(a).white_box and v is not None]
             checks = run_masking_checks(
                 classifier, x_t, y_t, check_eps, white_box_accuracy=min(white) if white else None,
                 pgd_accuracy=at.get("pgd"), pgd_max_iter=self.pgd_max_iter, tolerance=self.masking_tolerance,
@@ -514,7 +391,7 @@ class RobustnessReport:
             raise ValueError("The suite has 'transfer' but there is no reference model: pass `reference=` (the name "
                              "of the undefended classifier) or drop 'transfer' from `attacks`.")
         for clf in classifiers.values():
-            _inputs(clf, x[:1], y[:1])
+            classifier_inputs(clf, x[:1], y[:1])
             self._check_units(clf)
         transfer = None
         if "transfer" in self.attacks:
@@ -535,18 +412,7 @@ class RobustnessReport:
         :param results: What :meth:`evaluate` returns.
         :return: ``{model: {attack: [gain per budget]}}``; empty without a reference.
         """
-        reference = results.get("reference")
-        if reference is None:
-            return {}
-        base = results["models"][reference]
-        out = {}
-        for name, res in results["models"].items():
-            gains = {a: [v - b for v, b in zip(curve, base["accuracy"][a], strict=True)]
-                     for a, curve in res["accuracy"].items()}
-            if "noise_accuracy" in res:
-                gains["noise"] = [v - b for v, b in zip(res["noise_accuracy"], base["noise_accuracy"], strict=True)]
-            out[name] = gains
-        return out
+        return report_render.gains(results)
 
     @classmethod
     def to_markdown(cls, results: Mapping[str, Any]) -> str:
@@ -557,68 +423,7 @@ class RobustnessReport:
         :param results: What :meth:`evaluate` returns (or the JSON it was saved as).
         :return: The Markdown text.
         """
-        settings, models = results["settings"], results["models"]
-        scale = settings.get("scale", 255.0)
-        eps_labels = [_budget_label(e, scale) for e in settings["eps"]]
-        lines = ["# Robustness report\n", f"{results['nb_samples']} test samples; reference (undefended, transfer "
-                 f"source): {results.get('reference') or 'none'}. Accuracies are plain robust accuracies (correct "
-                 f"under attack / all samples); budget 0 is the clean accuracy. PGD: {settings['pgd_max_iter']} steps "
-                 f"of {settings['pgd_step_ratio']:g} eps, {settings['pgd_restarts']} random start(s). Transfer: "
-                 f"{settings['transfer_attack'].upper()} on the reference.\n"]
-        gains = cls.gains(results)
-        for attack in (a for a in settings["attacks"] if a in EPS_ATTACKS):
-            lines.append(f"## {ATTACK_TITLES[attack]}: accuracy vs eps\n")
-            rows = {n: [_fmt(v) for v in r["accuracy"][attack]] for n, r in models.items()}
-            lines.append(_table("model", eps_labels, rows))
-            if gains:
-                lines.append(f"\nGain over {results['reference']}:\n")
-                lines.append(_table("model", eps_labels, {n: [_fmt(v, signed=True) for v in g[attack]]
-                                                          for n, g in gains.items() if n != results["reference"]}))
-            lines.append("")
-        if "noise" in settings["attacks"]:
-            lines.append("## Gaussian noise: accuracy vs sigma\n")
-            sigma_labels = [_budget_label(s, scale) for s in settings["sigmas"]]
-            lines.append(_table("model", sigma_labels, {n: [_fmt(v) for v in r["noise_accuracy"]]
-                                                        for n, r in models.items()}))
-            lines.append("")
-        errors = {n: r["perturbation_error"] for n, r in models.items() if "perturbation_error" in r}
-        if errors:
-            lines.append(f"## Per-layer perturbation error at eps={_budget_label(settings['perturbation_eps'], scale)}"
-                         f" (FGSM)\n")
-            layers = next(iter(errors.values()))["layers"]
-            rows = {layer: [_fmt(e["values"][i]) if e["layers"] == layers else "" for e in errors.values()]
-                    for i, layer in enumerate(layers)}
-            lines.append(_table("layer", list(errors), rows))
-            lines.append("")
-        aucs = {n: r["auc"] for n, r in models.items() if "auc" in r}
-        if aucs:
-            lines.append("## Area under accuracy vs eps (normalized by the eps range)\n")
-            attacks = list(next(iter(aucs.values())))
-            lines.append(_table("model", [ATTACK_TITLES[a] for a in attacks],
-                                {n: [_fmt(a.get(k)) for k in attacks] for n, a in aucs.items()}))
-            lines.append("")
-        extras = {n: r["extra"] for n, r in models.items() if r.get("extra")}
-        if extras:
-            lines.append("## Extra metrics\n")
-            for name, values in extras.items():
-                lines.append(f"- **{name}**: " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in values.items()))
-            lines.append("")
-        lines.append("## Gradient-masking check\n")
-        checked = {n: r["masking_checks"] for n, r in models.items() if r.get("masking_checks")}
-        if checked:
-            names = list(next(iter(checked.values())))
-            lines.append(f"Checklist at eps={_budget_label(settings.get('check_eps'), scale)} (see the evaluation "
-                         "guide for each check's source); a cell is the measured value, then pass/FAIL:\n")
-            lines.append(_table("model", names, {
-                n: [f"{c[k]['value']:.3f} {'pass' if c[k]['passed'] else 'FAIL'}" if k in c else "-" for k in names]
-                for n, c in checked.items()}))
-            lines.append("")
-        flagged = {n: r["flags"] for n, r in models.items() if r["flags"]}
-        if not flagged:
-            lines.append(f"No model flagged (tolerance {settings['masking_tolerance']:g}).")
-        for name, flags in flagged.items():
-            lines.append(f"- **{name}**: " + "; ".join(flags))
-        return "\n".join(lines) + "\n"
+        return report_render.to_markdown(results)
 
     @classmethod
     def plot(cls, results: Mapping[str, Any], out: str | os.PathLike) -> list[Path]:
@@ -630,53 +435,7 @@ class RobustnessReport:
         :param out: Output directory.
         :return: The written paths.
         """
-        plt = _pyplot()
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        settings, models = results["settings"], results["models"]
-        scale = settings.get("scale", 255.0)
-        xs = [e * scale for e in settings["eps"]]
-        xlabel = f"eps (x 1/{scale:g})"
-        attacks = [a for a in settings["attacks"] if a in EPS_ATTACKS]
-        gains = cls.gains(results)
-        colors = {name: f"C{i % 10}" for i, name in enumerate(models)}
-        paths = []
-        panels = [("accuracy_vs_eps.png", "accuracy", False)] + ([("gain_vs_eps.png", "gain", True)] if gains else [])
-        for filename, what, zero in panels:
-            if not attacks:
-                break
-            fig, axes = plt.subplots(1, len(attacks), figsize=(4.2 * len(attacks) + 1.6, 3.4), squeeze=False)
-            for index, (ax, attack) in enumerate(zip(axes[0], attacks, strict=True)):
-                if what == "accuracy":
-                    series = {n: (r["accuracy"][attack], None) for n, r in models.items()}
-                    ylabel, ylim = "test accuracy", (0.0, 1.0)
-                else:
-                    series = {n: (g[attack], None) for n, g in gains.items() if n != results["reference"]}
-                    ylabel, ylim = f"accuracy gain over {results['reference']}", None
-                plot_curves(ax, xs, series, xlabel, ylabel, ATTACK_TITLES[attack], zero_line=zero,
-                            colors=colors, ylim=ylim, legend=index == len(attacks) - 1)
-            fig.tight_layout()
-            paths.append(_save(fig, out / filename, plt))
-        if "noise" in settings["attacks"]:
-            fig, ax = plt.subplots(figsize=(6.2, 3.4))
-            plot_curves(ax, [s * scale for s in settings["sigmas"]],
-                        {n: (r["noise_accuracy"], None) for n, r in models.items()},
-                        f"sigma (x 1/{scale:g})", "test accuracy", "Gaussian noise", colors=colors, ylim=(0.0, 1.0))
-            fig.tight_layout()
-            paths.append(_save(fig, out / "accuracy_vs_sigma.png", plt))
-        errors = {n: r["perturbation_error"] for n, r in models.items() if "perturbation_error" in r}
-        if errors:
-            first = next(iter(errors.values()))
-            fig, ax = plt.subplots(figsize=(7.5, 3.8))
-            plot_curves(ax, list(range(1, len(first["values"]) + 1)),
-                        {n: (e["values"], None) for n, e in errors.items()}, "hidden layer",
-                        "perturbation error",
-                        f"eps={_budget_label(settings['perturbation_eps'], scale)} (FGSM)", colors=colors,
-                        xticklabels=[f"{i + 1}: {name}" for i, name in enumerate(first.get("layers", []))] or None,
-                        ylim=(0.0, None))
-            fig.tight_layout()
-            paths.append(_save(fig, out / "perturbation_error.png", plt))
-        return paths
+        return report_render.plot(results, out)
 
     @classmethod
     def write(cls, results: Mapping[str, Any], out: str | os.PathLike) -> list[Path]:
@@ -723,34 +482,10 @@ def _flatten_metric(name: str, value: Any) -> dict[str, Any]:
     if isinstance(value, (bool, np.bool_)):
         return {name: bool(value)}
     if isinstance(value, (int, float, np.integer, np.floating)):
-        return {name: _json_safe(value)}
+        return {name: json_safe(value)}
     if isinstance(value, torch.Tensor) and value.numel() == 1:
-        return {name: _json_safe(value.item())}
+        return {name: json_safe(value.item())}
     logger.debug("Dropping the non-scalar entry %s of an extra metric.", name)
     return {}
 
 
-def _save(fig: Any, path: Path, plt: Any) -> Path:
-    save_figure(fig, path)
-    plt.close(fig)
-    return path
-
-
-def _budget_label(value: float | None, scale: float) -> str:
-    if value is None:
-        return "-"
-    scaled = value * scale
-    text = f"{round(scaled, 4):g}"
-    return text if scale == 1 else f"{text}/{scale:g}"
-
-
-def _fmt(value: float | None, signed: bool = False) -> str:
-    if value is None or not math.isfinite(value):
-        return "-"
-    return f"{value:+.3f}" if signed else f"{value:.3f}"
-
-
-def _table(first: str, columns: Sequence[str], rows: Mapping[str, Sequence[str]]) -> str:
-    lines = [f"| {first} | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
-    lines += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows.items()]
-    return "\n".join(lines)

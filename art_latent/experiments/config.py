@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from art_latent.validation import check_choice, check_int, check_range
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -53,25 +55,21 @@ def _fail(where: str, message: str) -> None:
     raise ConfigError(f"{where}: {message}")
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def _checked(where: str, check: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a check of :mod:`art_latent.validation` on the key `where`; its ``ValueError`` becomes a ConfigError."""
+    try:
+        return check(where, *args, **kwargs)
+    except ValueError as error:
+        text, named = str(error), f"`{where}` "
+        raise ConfigError(f"{where}: {text[len(named):] if text.startswith(named) else text}") from None
 
 
 def _int(where: str, value: Any, minimum: int = 0) -> int:
-    if not _is_int(value) or value < minimum:
-        _fail(where, f"must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+    return int(_checked(where, check_int, value, minimum=minimum))
 
 
 def _number(where: str, value: Any, low: float = 0.0, high: float = math.inf, low_open: bool = False) -> float:
-    if not _is_number(value) or value < low or (low_open and value == low) or value > high:
-        interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
-        _fail(where, f"must be a number in {interval}, got {value!r}")
-    return float(value)
+    return float(_checked(where, check_range, value, low, high, low_open=low_open, high_open=high == math.inf))
 
 
 def _numbers(where: str, value: Any, allow_empty: bool = False) -> tuple[float, ...]:
@@ -83,8 +81,8 @@ def _numbers(where: str, value: Any, allow_empty: bool = False) -> tuple[float, 
 def _str(where: str, value: Any, choices: tuple[str, ...] | None = None) -> str:
     if not isinstance(value, str) or not value:
         _fail(where, f"must be a non-empty string, got {value!r}")
-    if choices is not None and value not in choices:
-        _fail(where, f"must be one of {list(choices)}, got {value!r}")
+    if choices is not None:
+        _checked(where, check_choice, value, tuple(choices))
     return value
 
 
@@ -314,7 +312,9 @@ class EvaluationSpec:
     extra_metrics: tuple[ExtraMetricSpec, ...] = ()
 
     def _validate(self, where: str) -> None:
-        from art_latent.analysis.report import ATTACKS
+        from art_latent.registries.evaluation_attacks import attack_names
+
+        ATTACKS = attack_names()
 
         if not isinstance(self.attacks, (list, tuple)) or not self.attacks:
             _fail(f"{where}.attacks", f"must be a non-empty list from {list(ATTACKS)}")

@@ -14,13 +14,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from art_latent.analysis.report import ATTACK_TITLES, EPS_ATTACKS, _pyplot, plot_curves
-from art_latent.experiments.summary import with_reference
+from art_latent.analysis.plotting import plot_curves, pyplot
 from art_latent.io import inside, save_figure
+from art_latent.registries.evaluation_attacks import attack_names, attack_titles
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["write_figures"]
+__all__ = ["with_reference", "write_figures"]
 
 #: Paper 000's figure numbers: (pair set, attack) -> figure.
 PAPER_FIGURES = {("D", "fgsm"): "Fig. 2", ("D", "noise"): "Fig. 3", ("D_N", "fgsm"): "Fig. 4",
@@ -52,7 +52,7 @@ def write_figures(config: Mapping[str, Any], aggregated: Mapping[str, Any], out:
     :param out: The figures directory (created).
     :return: ``(caption, path relative to the run directory)`` per figure.
     """
-    plt = _pyplot()
+    plt = pyplot()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ev, summary = config["evaluation"], aggregated["summary"]
@@ -65,14 +65,15 @@ def write_figures(config: Mapping[str, Any], aggregated: Mapping[str, Any], out:
         if not entries:
             continue
         colors = {**colors, label: colors.get(reference, "C0")}
-        for attack in (a for a in ev["attacks"] if a in EPS_ATTACKS):
+        for attack in (a for a in ev["attacks"] if a in attack_names("eps")):
             path = inside(out, f"accuracy_vs_eps_{attack}_{pair_set}.png")
             key = f"accuracy_{attack}"
             data = {n: {key: e["accuracy"][attack], "gain": e["gain"]} for n, e in entries.items()}
-            _two_panels(plt, eps_x, data, key, attack, label, "eps (x 1/255)",
-                        f"{ATTACK_TITLES[attack]}, pair set {pair_set}", path, colors)
+            title = attack_titles().get(attack, attack)
+            _two_panels(plt, eps_x, data, key, attack, label, "eps (x 1/255)", f"{title}, pair set {pair_set}", path,
+                        colors)
             number = PAPER_FIGURES.get((pair_set, attack))
-            caption = f"{number + ': ' if number else ''}{ATTACK_TITLES[attack]} accuracy vs eps, pair set {pair_set}"
+            caption = f"{number + ': ' if number else ''}{title} accuracy vs eps, pair set {pair_set}"
             written.append((caption, f"{out.name}/{path.name}"))
         if "noise" in ev["attacks"]:
             path = inside(out, f"accuracy_vs_sigma_{pair_set}.png")
@@ -102,3 +103,23 @@ def write_figures(config: Mapping[str, Any], aggregated: Mapping[str, Any], out:
         written.append((f"Fig. 6: per-layer perturbation error at eps={ev['perturbation_eps_255']:g}/255 (FGSM)",
                         f"{out.name}/{path.name}"))
     return written
+
+
+def with_reference(summary: Mapping[str, Any], pair_set: str, reference: str) -> tuple[dict[str, Any], str]:
+    """
+    The entries of a pair set with the reference first; a pair set without its own reference run borrows the one of
+    the first pair set that has it, labelled ``"reference (pair set)"`` (so Figs. 4-5 show the undefended curve).
+
+    :param summary: :func:`aggregate`'s ``"summary"``.
+    :param pair_set: The pair set.
+    :param reference: The reference's name.
+    :return: ``(entries, the reference's label)``.
+    """
+    entries = dict(summary[pair_set])
+    if reference in entries or not entries:
+        return entries, reference
+    for other, others in summary.items():
+        if reference in others:
+            label = f"{reference} ({other})"
+            return {label: others[reference], **entries}, label
+    return entries, reference

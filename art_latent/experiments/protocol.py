@@ -28,23 +28,23 @@ from typing import Any
 
 import numpy as np
 
-from art_latent.analysis.report import write_json
 from art_latent.experiments.config import ExperimentConfig
+from art_latent.experiments.paths import FOLD_DIR, fold_path
 from art_latent.experiments.registry import (
     build_attack,
     resolve_function,
     resolve_kwargs,
     resolve_object,
     resolve_trainer,
-    trainer_parameters,
 )
+from art_latent.io import safe_load, sha256_file, write_json
+from art_latent.registries.trainers import trainer_entry_for
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Pool", "Splits", "fold_data", "fold_path", "load_pool", "make_classifier", "make_splits", "new_model",
            "pretrain", "run_benchmark", "run_fold"]
 
-FOLD_DIR = "folds"
 PRETRAINED = "pretrained.pt"
 
 
@@ -276,14 +276,8 @@ def pretrain(
         save_weights(path, state, model=config.model.name, model_kwargs=config.model.kwargs,
                      dataset=config.data.dataset, input_shape=pool.input_shape, nb_classes=pool.nb_classes,
                      digest=digest, info=info)
-        write_json({"digest": digest, "sha256": _sha256(path)}, path.with_name(path.name + ".json"))
+        write_json({"digest": digest, "sha256": sha256_file(path)}, path.with_name(path.name + ".json"))
     return state, info
-
-
-def _sha256(path: Path) -> str:
-    from art_latent.io import sha256_file
-
-    return sha256_file(path)
 
 
 def _load_pretrained(path: Path, digest: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
@@ -299,14 +293,12 @@ def _load_pretrained(path: Path, digest: str) -> tuple[dict[str, Any], dict[str,
         meta = json.loads(sidecar.read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(meta, dict) or meta.get("digest") != digest or meta.get("sha256") != _sha256(path):
+    if not isinstance(meta, dict) or meta.get("digest") != digest or meta.get("sha256") != sha256_file(path):
         return None
-    import torch
-
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # any unpickling refusal: retrain rather than trust the file
-        logger.warning("Ignoring %s, which cannot be read safely (weights_only=True): %s", path, error)
+        saved = safe_load(path)
+    except (OSError, ValueError) as error:  # any unpickling refusal: retrain rather than trust the file
+        logger.warning("Ignoring %s: %s", path, error)
         return None
     if not isinstance(saved, dict):
         return None
@@ -375,13 +367,14 @@ def run_job(
     """
     Fine-tune one defense on one pair set from the pre-trained weights.
 
-    How the pair set reaches the trainer: a trainer whose constructor takes ``budgets`` builds its pairs itself and
-    gets the protocol's budgets (and ``noise_sigma`` for ``D_N`` when it takes one) with the benign samples; any
-    other trainer gets the members of the pairs it can use: the benign sample of every adversarial pair (so each
-    sample ``len(budgets)`` times, the same number of steps per epoch) and, for ``D_N``, the noisy sample of every
-    noise pair. A trainer taking an ``attack`` gets the ART attack of ``[attack]`` (or the defense's own), built
-    on the model being fine-tuned; one taking ``seed`` gets the fold's seed. Keyword arguments in the
-    configuration take precedence.
+    How the pair set reaches the trainer follows its declared
+    :class:`~art_latent.registries.trainers.ProtocolContract` (:mod:`art_latent.registries.trainers`): a trainer whose
+    contract has ``budgets`` builds its pairs itself and gets the protocol's budgets (and ``noise_sigma`` for ``D_N``
+    when the contract has it) with the benign samples; any other trainer gets the members of the pairs it can use:
+    the benign sample of every adversarial pair (so each sample ``len(budgets)`` times, the same number of steps per
+    epoch) and, for ``D_N``, the noisy sample of every noise pair. A contract with ``attack`` gets the ART attack of
+    ``[attack]`` (or the defense's own), built on the model being fine-tuned; one with ``seed`` gets the fold's seed.
+    Keyword arguments in the configuration take precedence.
 
     :param config: The configuration.
     :param defense: The :class:`~art_latent.experiments.config.DefenseSpec`.
@@ -398,12 +391,12 @@ def run_job(
     model = new_model(config, pool)
     model.load_state_dict(pretrained)
     clf = make_classifier(config, model, pool)
-    params, _ = trainer_parameters(cls)
+    contract = trainer_entry_for(cls).contract
     kwargs = resolve_kwargs(defense.kwargs, {"in_channels": pool.input_shape[0], "clip_values": (0.0, 1.0),
                                              "device_type": config.device})
     budgets = [b / 255 for b in config.protocol.budgets_255]
     x, y = data["x_ft"], data["y_ft"]
-    if "budgets" in params:
+    if contract.budgets:
         kwargs.setdefault("budgets", budgets)
         pairs = 1 if kwargs["budgets"] is None else len(kwargs["budgets"])  # None: the attack's own eps
     else:
@@ -411,13 +404,13 @@ def run_job(
         pairs = len(budgets)
     if pair_set == "D_N":
         pairs += 1
-        if "noise_sigma" in params:
+        if contract.noise_sigma:
             kwargs.setdefault("noise_sigma", config.protocol.noise_sigma_255 / 255)
         else:
             x, y = np.concatenate([x, data["x_noisy"]]), np.concatenate([y, data["y_ft"]])
-    if "attack" in params and "attack" not in kwargs:
+    if contract.attack and "attack" not in kwargs:
         kwargs["attack"] = build_attack(defense.attack or config.attack, clf, config.evaluation.batch_size)
-    if "seed" in params:
+    if contract.seed:
         kwargs.setdefault("seed", seed)
     trainer = cls(clf, **kwargs)
     fit_params = inspect.signature(trainer.fit).parameters
@@ -489,11 +482,6 @@ def run_fold(
         "results": results,
         "timing": {"fold_seconds": time.perf_counter() - started},
     }
-
-
-def fold_path(out: str | Path, fold: int) -> Path:
-    """Where fold `fold`'s results are written."""
-    return Path(out) / FOLD_DIR / f"fold_{fold:02d}.json"
 
 
 def _finished(out: Path, fold: int, digest: str) -> bool:

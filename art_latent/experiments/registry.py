@@ -1,9 +1,10 @@
 """
 Resolve trainers, attacks and functions named in a configuration, and build a trainer for one fine-tuning job.
 
-Trainers are looked up by class name, so trainers added to the package later are found without changes here:
-``art_latent.trainers`` first, then ``art_latent.defences``, then their submodules (for classes not yet exported),
-or a full ``"package.module:Class"`` path.
+Trainers are looked up by class name in the trainer registry (:mod:`art_latent.registries.trainers`: the package's
+own, those of installed packages' ``art_latent.trainers`` entry points and those registered at run time), or by a
+full ``"package.module:Class"`` path. Other classes (``{object = "Class"}``) are looked up in the exports of
+``art_latent.trainers`` and ``art_latent.defences``, or by path.
 
 A configuration is code-like input: a ``"package.module:Class"`` path imports that module. What a path may name is
 restricted so that a configuration cannot call an arbitrary function (``"os:system"``): only classes derived from
@@ -16,10 +17,11 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
-import pkgutil
 import re
 from collections.abc import Mapping
 from typing import Any
+
+from art_latent.registries.trainers import trainer_entries, trainer_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -147,8 +149,8 @@ def _trainer_bases() -> tuple[type, ...]:
 
 def resolve_class(name: str, what: str = "class", accept: Any = None, bases: tuple[type, ...] | None = None) -> type:
     """
-    Find a class by name: ``getattr`` on ``art_latent.trainers``, then ``art_latent.defences``, then each of their
-    submodules (classes not exported yet); or import ``"package.module:Class"``.
+    Find a class by name: ``getattr`` on ``art_latent.trainers``, then ``art_latent.defences``; or import
+    ``"package.module:Class"``.
 
     :param name: The class name or path.
     :param what: What is looked for, for messages.
@@ -177,31 +179,26 @@ def resolve_class(name: str, what: str = "class", accept: Any = None, bases: tup
         obj = getattr(package, name, None)
         if accept(obj):
             return obj
-    for package_name in searched:
-        package = importlib.import_module(package_name)
-        for info in pkgutil.iter_modules(getattr(package, "__path__", []), prefix=f"{package_name}."):
-            try:
-                module = importlib.import_module(info.name)
-            except Exception as error:  # another module being broken must not hide the one we look for
-                logger.debug("Could not import %s while looking for %s: %s", info.name, name, error)
-                continue
-            obj = getattr(module, name, None)
-            if accept(obj):
-                return obj
-    raise ValueError(f"Unknown {what} {name!r}: not found in {', '.join(TRAINER_PACKAGES)} or their submodules; "
-                     "give a class name such as 'HLDRTrainer' or a path 'package.module:Class'.")
+    raise ValueError(f"Unknown {what} {name!r}: not found in {', '.join(searched)}; give a class name such as "
+                     "'FeatureGuidedDenoiser' or a path 'package.module:Class'.")
 
 
 def resolve_trainer(name: str) -> type:
     """
-    Find a trainer class by name (see :func:`resolve_class`).
+    Find a trainer class by name in :mod:`art_latent.registries.trainers`, or by path.
 
-    :param name: A class name (``"HLDRTrainer"``), looked up with ``getattr`` on ``art_latent.trainers``, then
-                 ``art_latent.defences``, then each of their submodules; or ``"package.module:Class"``.
+    :param name: A registered class name (``"HLDRTrainer"``) or ``"package.module:Class"``.
     :return: The class (anything with a ``fit`` method; given as a path, an ART ``Trainer`` subclass).
     :raises ValueError: If no such trainer exists.
     """
-    return resolve_class(name, "trainer class (a class with a `fit` method)", _is_trainer, _trainer_bases())
+    what = "trainer class (a class with a `fit` method)"
+    if ":" in name:
+        return resolve_class(name, what, _is_trainer, _trainer_bases())
+    entries = trainer_entries()
+    if name not in entries:
+        raise ValueError(f"Unknown {what} {name!r}: registered trainers are {sorted(entries)} (see "
+                         "art_latent.registries.trainers); or give a path 'package.module:Class'.")
+    return entries[name].load()
 
 
 def _is_object_spec(value: Any) -> bool:
@@ -288,30 +285,6 @@ def resolve_attack(name: str) -> type:
         raise ValueError(f"{name!r} is not an ART evasion attack (e.g. 'FastGradientMethod', "
                          "'ProjectedGradientDescent', or 'package.module:Class').")
     return obj
-
-
-def trainer_parameters(cls: type[Any]) -> tuple[dict[str, inspect.Parameter], bool]:
-    """
-    The keyword parameters a trainer's constructor accepts, following ``**kwargs`` into
-    :class:`~art_latent.trainers.base.LatentTrainer` for its subclasses.
-
-    :param cls: The trainer class.
-    :return: ``(parameters by name, accepts any keyword)``.
-    """
-    from art_latent.trainers.base import LatentTrainer
-
-    params = dict(inspect.signature(cls.__init__).parameters)
-    params.pop("self", None)
-    var_keyword = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    params = {k: p for k, p in params.items()
-              if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
-    if var_keyword and issubclass(cls, LatentTrainer) and cls is not LatentTrainer:
-        base = dict(inspect.signature(LatentTrainer.__init__).parameters)
-        base.pop("self", None)
-        for key, param in base.items():
-            params.setdefault(key, param)
-        var_keyword = False
-    return params, var_keyword
 
 
 def check_trainer_kwargs(cls: type, kwargs: Mapping[str, Any]) -> None:

@@ -13,21 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from art_latent.analysis.curves import mean_confidence_interval
-from art_latent.analysis.report import (
-    ATTACK_TITLES,
-    EPS_ATTACKS,
-    _budget_label,
-    _table,
-    gradient_masking_flags,
-    write_json,
-)
-from art_latent.io import atomic_write, inside
+from art_latent.analysis.masking import gradient_masking_flags
+from art_latent.analysis.tables import budget_label, markdown_table
+from art_latent.experiments.figures import with_reference, write_figures
+from art_latent.experiments.paths import FOLD_DIR
+from art_latent.io import atomic_write, inside, write_json
+from art_latent.registries.evaluation_attacks import attack_names, attack_titles
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["aggregate", "load_run", "render_markdown", "render_report", "with_reference"]
+__all__ = ["aggregate", "load_run", "render_markdown", "render_report"]
 
-FOLD_DIR = "folds"  # as protocol.FOLD_DIR; not imported from there, so rendering needs no trainer or data module
 
 
 def _ci(values: Sequence[float | None], confidence: float) -> dict[str, Any]:
@@ -51,7 +47,6 @@ def _difference(a: Sequence[float | None], b: Sequence[float | None]) -> list[fl
 def _check_saved_config(saved: Any, path: Path) -> None:
     # The names in a run directory's config.json become file names and table keys: hold them to the rules they met
     # when the run was configured (a crafted file must not lead a write out of the directory).
-    from art_latent.analysis.report import ATTACKS
     from art_latent.experiments.config import PAIR_SETS
 
     def fail(message: str) -> None:
@@ -71,8 +66,8 @@ def _check_saved_config(saved: Any, path: Path) -> None:
         if pair_set not in PAIR_SETS:
             fail(f"pair set {pair_set!r} is not one of {list(PAIR_SETS)}")
     for attack in attacks:
-        if attack not in ATTACKS:
-            fail(f"attack {attack!r} is not one of {list(ATTACKS)}")
+        if attack not in attack_names():
+            fail(f"attack {attack!r} is not one of {list(attack_names())}")
     names = [d.get("name") if isinstance(d, dict) else None for d in defenses]
     if not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
         fail(f"the defense names must be distinct non-empty strings, got {names!r}")
@@ -178,26 +173,6 @@ def aggregate(config: Mapping[str, Any], folds: Sequence[Mapping[str, Any]]) -> 
     return {"nb_folds": len(folds), "summary": summary}
 
 
-def with_reference(summary: Mapping[str, Any], pair_set: str, reference: str) -> tuple[dict[str, Any], str]:
-    """
-    The entries of a pair set with the reference first; a pair set without its own reference run borrows the one of
-    the first pair set that has it, labelled ``"reference (pair set)"`` (so Figs. 4-5 show the undefended curve).
-
-    :param summary: :func:`aggregate`'s ``"summary"``.
-    :param pair_set: The pair set.
-    :param reference: The reference's name.
-    :return: ``(entries, the reference's label)``.
-    """
-    entries = dict(summary[pair_set])
-    if reference in entries or not entries:
-        return entries, reference
-    for other, others in summary.items():
-        if reference in others:
-            label = f"{reference} ({other})"
-            return {label: others[reference], **entries}, label
-    return entries, reference
-
-
 def _reference_run(config: Mapping[str, Any], fold: Mapping[str, Any], pair_set: str, reference: str) -> Any:
     if reference in fold["results"].get(pair_set, {}):
         return fold["results"][pair_set][reference]
@@ -278,33 +253,33 @@ def render_markdown(
     if not aggregated["nb_folds"]:
         lines.append("No fold has finished yet.")
         return "\n".join(lines) + "\n"
-    eps_labels = [_budget_label(e / 255, 255.0) for e in ev["eps_255"]]
-    sigma_labels = [_budget_label(s / 255, 255.0) for s in ev["sigmas_255"]]
+    eps_labels = [budget_label(e / 255, 255.0) for e in ev["eps_255"]]
+    sigma_labels = [budget_label(s / 255, 255.0) for s in ev["sigmas_255"]]
     for pair_set, entries in summary.items():
         if not entries:
             continue
         lines.append(f"## Pair set {pair_set}\n")
         shown, _ = with_reference(summary, pair_set, ev["reference"])
-        for attack in (a for a in ev["attacks"] if a in EPS_ATTACKS):
-            lines.append(f"### {ATTACK_TITLES[attack]}: test accuracy vs eps\n")
+        for attack in (a for a in ev["attacks"] if a in attack_names("eps")):
+            lines.append(f"### {attack_titles().get(attack, attack)}: test accuracy vs eps\n")
             rows = {n: [_pm(e["accuracy"][attack], i) for i in range(len(eps_labels))] for n, e in shown.items()}
-            lines.append(_table("defense", eps_labels, rows))
+            lines.append(markdown_table("defense", eps_labels, rows))
             gains = {n: e["gain"][attack] for n, e in entries.items() if attack in e["gain"] and n != ev["reference"]}
             if gains:
                 lines.append(f"\nGain over `{ev['reference']}`:\n")
-                lines.append(_table("defense", eps_labels, {n: [_pm(g, i, signed=True) for i in range(len(eps_labels))]
-                                                            for n, g in gains.items()}))
+                lines.append(markdown_table("defense", eps_labels, {
+                    n: [_pm(g, i, signed=True) for i in range(len(eps_labels))] for n, g in gains.items()}))
             lines.append("")
         aucs = {n: e["auc"] for n, e in shown.items() if "auc" in e}
         if aucs:
             attacks = list(next(iter(aucs.values())))
             lines.append("### Area under accuracy vs eps (normalized by the eps range)\n")
-            lines.append(_table("defense", [ATTACK_TITLES[a] for a in attacks],
+            lines.append(markdown_table("defense", [attack_titles().get(a, a) for a in attacks],
                                 {n: [_pm(a.get(k)) for k in attacks] for n, a in aucs.items()}))
             lines.append("")
         if "noise" in ev["attacks"]:
             lines.append("### Gaussian noise: test accuracy vs sigma\n")
-            lines.append(_table("defense", sigma_labels, {n: [_pm(e["noise_accuracy"], i)
+            lines.append(markdown_table("defense", sigma_labels, {n: [_pm(e["noise_accuracy"], i)
                                                               for i in range(len(sigma_labels))]
                                                           for n, e in shown.items()}))
             lines.append("")
@@ -316,7 +291,7 @@ def render_markdown(
     for d in config["defenses"]:
         rows[d["name"]] = [_pm(summary.get(p, {}).get(d["name"], {}).get("ms_per_sample"), digits=2)
                            if d["name"] in summary.get(p, {}) else "-" for p in protocol["pair_sets"]]
-    lines.append(_table("defense", list(protocol["pair_sets"]), rows))
+    lines.append(markdown_table("defense", list(protocol["pair_sets"]), rows))
     lines.append("")
     errors = [(p, n, e["perturbation_error"]) for p, entries in summary.items() for n, e in entries.items()
               if "perturbation_error" in e]
@@ -326,13 +301,14 @@ def render_markdown(
         columns = [f"{n} ({p})" for p, n, _ in errors]
         rows = {f"{i + 1}: {layer}": [_pm(e, i) if e["layers"] == layers else "-" for _, _, e in errors]
                 for i, layer in enumerate(layers)}
-        lines.append(_table("layer", columns, rows))
+        lines.append(markdown_table("layer", columns, rows))
         lines.append("")
     extras = [(p, n, e["extra"]) for p, entries in summary.items() for n, e in entries.items() if e.get("extra")]
     if extras:
         lines.append("## Extra metrics\n")
         keys = sorted({k for _, _, x in extras for k in x})
-        lines.append(_table("defense", keys, {f"{n} ({p})": [_pm(x.get(k)) for k in keys] for p, n, x in extras}))
+        lines.append(markdown_table("defense", keys,
+                                    {f"{n} ({p})": [_pm(x.get(k)) for k in keys] for p, n, x in extras}))
         lines.append("")
     lines.append("## Gradient-masking check\n")
     lines.append(f"A defense is flagged when its white-box accuracy exceeds its transfer-attack accuracy, or its "
@@ -361,8 +337,6 @@ def render_report(out: str | Path) -> dict[str, Any]:
     :param out: The run directory.
     :return: The aggregated results (``results.json``).
     """
-    from art_latent.experiments.figures import write_figures
-
     out = Path(out)
     config, folds = load_run(out)
     aggregated = aggregate(config, folds)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from art_latent.models.vgg import ConvUnit, _check_positive_int, _make_activation, pooled_size
+from art_latent.models.vgg import ConvUnit, check_positive_int, make_activation, pooled_size
 
 logger = logging.getLogger(__name__)
 
@@ -46,15 +46,15 @@ class SmallCNN(nn.Module):
         :param activation: Callable returning the activation module.
         """
         super().__init__()
-        in_channels = _check_positive_int(in_channels, "in_channels")
-        num_classes = _check_positive_int(num_classes, "num_classes")
-        hidden = _check_positive_int(hidden, "hidden")
-        input_size = _check_positive_int(input_size, "input_size")
+        in_channels = check_positive_int(in_channels, "in_channels")
+        num_classes = check_positive_int(num_classes, "num_classes")
+        hidden = check_positive_int(hidden, "hidden")
+        input_size = check_positive_int(input_size, "input_size")
         channels = tuple(channels)
         if not channels:
             raise ValueError("`channels` must contain at least one entry.")
         for value in channels:
-            _check_positive_int(value, "channels entries")
+            check_positive_int(value, "channels entries")
 
         self.in_channels = in_channels
         self.num_classes = num_classes
@@ -75,7 +75,7 @@ class SmallCNN(nn.Module):
             OrderedDict(
                 flatten=nn.Flatten(),
                 fc=nn.Linear(previous * self.feature_size**2, hidden),
-                act=_make_activation(activation),
+                act=make_activation(activation),
                 logits=nn.Linear(hidden, num_classes),
             )
         )

@@ -25,13 +25,28 @@ VGG_CONFIGS: dict[str, tuple[int, ...]] = {
 VGG_BLOCK_CHANNELS: tuple[int, ...] = (64, 128, 256, 512, 512)
 
 
-def _check_positive_int(value: object, name: str) -> int:
+def check_positive_int(value: object, name: str) -> int:
+    """
+    Check an architecture size (a channel count, a class count, an input size).
+
+    :param value: The value.
+    :param name: The argument's name, for the message.
+    :return: `value`.
+    :raises ValueError: Unless it is an integer >= 1 (not a bool).
+    """
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
     return value
 
 
-def _make_activation(activation: Callable[[], nn.Module]) -> nn.Module:
+def make_activation(activation: Callable[[], nn.Module]) -> nn.Module:
+    """
+    Build an activation module from its factory.
+
+    :param activation: A callable returning a ``torch.nn.Module`` (``nn.ReLU``).
+    :return: The module.
+    :raises TypeError: If the factory does not return a module.
+    """
     module = activation()
     if not isinstance(module, nn.Module):
         raise TypeError(f"`activation` must build a torch.nn.Module, got {type(module).__name__}.")
@@ -66,14 +81,14 @@ class ConvUnit(nn.Sequential):
         :param out_channels: Number of output channels.
         :param activation: Callable returning the activation module, e.g. ``nn.ELU``.
         """
-        in_channels = _check_positive_int(in_channels, "in_channels")
-        out_channels = _check_positive_int(out_channels, "out_channels")
+        in_channels = check_positive_int(in_channels, "in_channels")
+        out_channels = check_positive_int(out_channels, "out_channels")
         super().__init__(
             OrderedDict(
                 # No bias: the following batch norm subtracts the batch mean, which cancels it (its gradient is 0).
                 conv=nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
                 bn=nn.BatchNorm2d(out_channels),
-                act=_make_activation(activation),
+                act=make_activation(activation),
             )
         )
 
@@ -110,10 +125,10 @@ class VGG(nn.Module):
         :param fc_units: Units of the hidden dense layer before scaling by `width`.
         """
         super().__init__()
-        in_channels = _check_positive_int(in_channels, "in_channels")
-        num_classes = _check_positive_int(num_classes, "num_classes")
-        input_size = _check_positive_int(input_size, "input_size")
-        fc_units = _check_positive_int(fc_units, "fc_units")
+        in_channels = check_positive_int(in_channels, "in_channels")
+        num_classes = check_positive_int(num_classes, "num_classes")
+        input_size = check_positive_int(input_size, "input_size")
+        fc_units = check_positive_int(fc_units, "fc_units")
         if isinstance(width, bool) or not isinstance(width, (int, float)) or not math.isfinite(width) or width <= 0:
             raise ValueError(f"`width` must be a positive finite number, got {width!r}.")
         if config not in VGG_CONFIGS:
@@ -145,7 +160,7 @@ class VGG(nn.Module):
             OrderedDict(
                 flatten=nn.Flatten(),
                 fc=nn.Linear(channels * self.feature_size**2, self.fc_units),
-                act=_make_activation(activation),
+                act=make_activation(activation),
                 logits=nn.Linear(self.fc_units, num_classes),
             )
         )

@@ -17,7 +17,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from art_latent.io import atomic_path, sha256_file
+from art_latent.io import atomic_path, sha256_file, unpickling_reason
 from art_latent.trainers.interrupts import deferred_sigterm
 
 logger = logging.getLogger(__name__)
@@ -274,8 +274,6 @@ def load(path: Path, map_location: torch.device | str | None = None) -> dict[str
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
-        from art_latent.weights import unpickling_reason
-
         raise ValueError(f"Cannot read checkpoint {path} safely (weights_only=True): {unpickling_reason(error)}") \
             from error
     if not isinstance(state, dict) or state.get("format") not in READABLE_FORMATS:

@@ -1,34 +1,28 @@
 """
-Sources of perturbed inputs for a training batch.
-
-A :class:`PerturbationSource` turns a batch ``(x, y)`` that already lives on the model's device into perturbed inputs
-of the same shape, dtype and device. Three sources are provided:
-
-- :class:`ARTAttackSource` runs any ART ``EvasionAttack`` through a numpy round trip (general, slower);
-- :class:`TorchGradientAttack` re-implements ART's FGSM / BIM / PGD on device, computing input gradients only
-  (ART's ``loss_gradient`` also back-propagates into every parameter, which is most of its cost);
-- :class:`GaussianNoiseSource` adds clipped Gaussian noise.
-
-:func:`as_perturbation_source` picks the fast torch path for an ART attack whenever it can reproduce the attack.
-
-Every source takes an optional budget override ``eps``: a float, or a tensor with one budget per sample, so a batch
-can be perturbed at several budgets (for example ``0, 16/255, 32/255``) in one call; rows with a zero budget are
-returned unchanged, bit for bit.
+:class:`TorchGradientAttack`: ART's FGSM / BIM / PGD re-implemented on device, computing input gradients only.
 """
 
 from __future__ import annotations
 
-import abc
-import contextlib
 import logging
 import math
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 
-from art_latent.utils import labels_to_indices, preserve_mode, preserve_param_grads
+from art_latent.perturbations.base import PerturbationSource
+from art_latent.perturbations.budgets import (
+    Budget,
+    broadcastable,
+    device_budget,
+    make_generator,
+    on_device,
+    per_sample_budget,
+    sample,
+    scalar,
+)
+from art_latent.utils import labels_to_indices, preserve_mode
 
 if TYPE_CHECKING:
     from art.attacks.attack import EvasionAttack
@@ -36,141 +30,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "ARTAttackSource",
-    "GaussianNoiseSource",
-    "PerturbationSource",
-    "TorchGradientAttack",
-    "as_perturbation_source",
-]
-
-Budget = float | torch.Tensor
-
-
-class PerturbationSource(abc.ABC):
-    """
-    Makes perturbed versions of a batch, on the model's device.
-
-    Implementations return a detached tensor of the same shape, dtype and device as `x`, and leave every module's
-    train/eval flag and every parameter's ``.grad`` as they found them, also when an exception is raised.
-    """
-
-    if TYPE_CHECKING:
-        # Read-only for the type checker, so subclasses may define it as a property (ARTAttackSource,
-        # GaussianNoiseSource) or as a plain attribute (TorchGradientAttack).
-        @property
-        def eps(self) -> float | None:
-            """The source's own budget, used when :meth:`generate` gets no override; `None` where it is meaningless."""
-    else:
-        #: The source's own budget, used when :meth:`generate` gets no override; `None` where it is meaningless.
-        eps: float | None = None
-
-    @abc.abstractmethod
-    def generate(self, x: torch.Tensor, y: torch.Tensor, eps: Budget | None = None) -> torch.Tensor:
-        """
-        Perturb a batch.
-
-        :param x: Float inputs of shape ``(B, *input_shape)`` on the model's device, in input space (before any ART
-                  preprocessing such as standardisation).
-        :param y: Labels as ``int64`` class indices ``(B,)`` or one-hot ``(B, nb_classes)``, on the same device.
-        :param eps: Overrides the source's budget: a float for the whole batch or a tensor ``(B,)`` with one budget
-                    per sample. Rows with budget 0 are returned exactly equal to `x`.
-        :return: Detached perturbed inputs, same shape, dtype and device as `x`.
-        """
-        raise NotImplementedError
-
-
-def _per_sample_budget(eps: Budget, batch_size: int) -> torch.Tensor:
-    """
-    Turn a budget override into a float64 CPU tensor of shape ``(B,)`` and validate it.
-
-    :param eps: A float or a tensor with one element or `batch_size` elements.
-    :param batch_size: Number of samples in the batch.
-    :return: Per-sample budgets.
-    """
-    if isinstance(eps, torch.Tensor):
-        budgets = eps.detach().to("cpu", torch.float64).reshape(-1)
-        if budgets.numel() == 1:
-            budgets = budgets.expand(batch_size)
-        elif budgets.numel() != batch_size:
-            raise ValueError(f"A per-sample `eps` needs {batch_size} values (one per sample), got {budgets.numel()}.")
-    elif isinstance(eps, (int, float, np.floating, np.integer)):
-        budgets = torch.full((batch_size,), float(eps), dtype=torch.float64)
-    else:
-        raise TypeError(f"`eps` must be a float or a torch.Tensor, got {type(eps).__name__}.")
-    if not torch.isfinite(budgets).all() or (budgets < 0).any():
-        raise ValueError("Perturbation budgets `eps` must be finite and non-negative.")
-    return budgets
-
-
-def _on_device(eps: Budget | None) -> bool:
-    """
-    Whether `eps` is a tensor on an accelerator: reading it on the host (to validate it, or to skip its zero rows)
-    would synchronise the device, so it is used as it is.
-    """
-    return isinstance(eps, torch.Tensor) and eps.device.type != "cpu"
-
-
-def _device_budget(eps: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """
-    A per-sample budget tensor already on the device, as float64 ``(B,)``; its shape is checked, not its values (that
-    would synchronise).
-
-    :param eps: One value or `batch_size` values.
-    :param batch_size: Number of samples in the batch.
-    :return: Per-sample budgets on `eps`'s device.
-    """
-    budgets = eps.detach().to(torch.float64).reshape(-1)
-    if budgets.numel() == 1:
-        return budgets.expand(batch_size)
-    if budgets.numel() != batch_size:
-        raise ValueError(f"A per-sample `eps` needs {batch_size} values (one per sample), got {budgets.numel()}.")
-    return budgets
-
-
-def _broadcastable(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """
-    Reshape per-sample values ``(B,)`` to ``(B, 1, ..., 1)`` in the dtype and on the device of `like` (a host tensor
-    is copied without blocking: no device synchronisation).
-
-    :param values: One value per sample.
-    :param like: The batch the values broadcast against.
-    :return: The reshaped values.
-    """
-    return values.to(device=like.device, dtype=like.dtype, non_blocking=True).reshape(-1, *([1] * (like.ndim - 1)))
-
-
-def _sample(
-    kind: Literal["rand", "randn"], shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None
-) -> torch.Tensor:
-    """
-    Draw uniform [0, 1) or standard normal values on `like`'s device, from `generator` when one is given.
-
-    :param kind: ``"rand"`` or ``"randn"``.
-    :param shape: Shape of the draw.
-    :param like: Tensor whose device and dtype the result takes.
-    :param generator: Optional generator; it may live on another device than `like`.
-    :return: The random values.
-    """
-    sampler = torch.rand if kind == "rand" else torch.randn
-    if generator is None:
-        return sampler(shape, dtype=like.dtype, device=like.device)
-    values = sampler(shape, dtype=like.dtype, device=generator.device, generator=generator)
-    return values.to(like.device, non_blocking=True)
-
-
-def _make_generator(generator: torch.Generator | int | None) -> torch.Generator | None:
-    """
-    Accept a generator, a seed for a fresh CPU generator, or `None`.
-
-    :param generator: A ``torch.Generator``, an integer seed, or `None` for torch's global generator.
-    :return: The generator to use.
-    """
-    if generator is None or isinstance(generator, torch.Generator):
-        return generator
-    if isinstance(generator, (int, np.integer)):
-        return torch.Generator().manual_seed(int(generator))
-    raise TypeError(f"`generator` must be a torch.Generator, an int seed or None, got {type(generator).__name__}.")
+__all__ = ["TorchGradientAttack"]
 
 
 def _parse_norm(norm: int | float | str) -> float:
@@ -185,21 +45,6 @@ def _parse_norm(norm: int | float | str) -> float:
         raise ValueError(f'Only the norms np.inf, "inf" and 2 are supported, got {norm!r}.')
     return value
 
-
-def _scalar(value: Any) -> float | None:
-    """
-    Return `value` as a float when it is a scalar (or a one-element array), else `None`.
-
-    :param value: Anything.
-    :return: The float or `None`.
-    """
-    if isinstance(value, (bool, np.bool_)):
-        return None
-    if isinstance(value, (int, float, np.integer, np.floating)):
-        return float(value)
-    if isinstance(value, np.ndarray) and value.size == 1:
-        return float(value.reshape(-1)[0])
-    return None
 
 
 class TorchGradientAttack(PerturbationSource):
@@ -290,7 +135,7 @@ class TorchGradientAttack(PerturbationSource):
         self.num_random_init = int(num_random_init)
         self.random_eps = bool(random_eps)
         self.restart_selection = restart_selection
-        self.generator = _make_generator(generator)
+        self.generator = make_generator(generator)
         self._clip_cache: dict[tuple[torch.device, torch.dtype, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
@@ -359,7 +204,7 @@ class TorchGradientAttack(PerturbationSource):
         except ValueError:
             return unsupported(f"norm {params.norm!r}")
 
-        eps, eps_step = _scalar(params.eps), _scalar(params.eps_step)
+        eps, eps_step = scalar(params.eps), scalar(params.eps_step)
         if eps is None or eps_step is None:
             return unsupported("eps or eps_step is not a scalar")
         random_eps = bool(getattr(params, "random_eps", False))
@@ -367,7 +212,7 @@ class TorchGradientAttack(PerturbationSource):
             # ART overwrites eps with each draw; the distribution fixed at construction holds the original bound.
             lower, upper = params.norm_dist.args
             scale, loc = params.norm_dist.kwds["scale"], params.norm_dist.kwds["loc"]
-            if _scalar(upper) is None or eps <= 0:
+            if scalar(upper) is None or eps <= 0:
                 return unsupported("random_eps with array eps")
             ratio = eps_step / eps
             eps = float(upper) * float(scale) + float(loc)
@@ -429,11 +274,11 @@ class TorchGradientAttack(PerturbationSource):
             budgets = torch.full((batch_size,), self.eps, dtype=torch.float64, device=x.device)
             steps = torch.full((batch_size,), self.eps_step, dtype=torch.float64, device=x.device)
         else:
-            if _on_device(eps):
+            if on_device(eps):
                 # Read on the host it would synchronise: zero-budget rows are attacked too, and come back as x.
-                budgets = _device_budget(eps, batch_size)  # type: ignore[arg-type]
+                budgets = device_budget(eps, batch_size)  # type: ignore[arg-type]
             else:
-                budgets = _per_sample_budget(eps, batch_size)
+                budgets = per_sample_budget(eps, batch_size)
                 active = budgets > 0
                 if not active.any():
                     return x.clone()
@@ -460,7 +305,7 @@ class TorchGradientAttack(PerturbationSource):
 
         :return: The factor.
         """
-        u = _sample("rand", (1,), torch.empty(0, dtype=torch.float64), self.generator).item()
+        u = sample("rand", (1,), torch.empty(0, dtype=torch.float64), self.generator).item()
         cdf_upper = 0.5 * (1.0 + math.erf(2.0 / math.sqrt(2.0)))
         probability = torch.tensor(0.5 + u * (cdf_upper - 0.5), dtype=torch.float64)
         return round(0.5 * torch.special.ndtri(probability).item(), 10)
@@ -571,10 +416,10 @@ class TorchGradientAttack(PerturbationSource):
         :return: Randomly displaced inputs.
         """
         if self.norm == math.inf:
-            noise = (2 * _sample("rand", tuple(x.shape), x, self.generator) - 1) * eps
+            noise = (2 * sample("rand", tuple(x.shape), x, self.generator) - 1) * eps
         else:
             n, dims = x.shape[0], x[0].numel()
-            direction = _sample(
+            direction = sample(
                 "randn", (n, dims), torch.empty(0, dtype=torch.float64, device=x.device), self.generator
             )
             s_2 = direction.pow(2).sum(dim=1)
@@ -608,8 +453,8 @@ class TorchGradientAttack(PerturbationSource):
         :param steps: Per-sample eps_step ``(B,)``.
         :return: Adversarial inputs.
         """
-        eps = _broadcastable(budgets, x)
-        eps_step = _broadcastable(steps, x)
+        eps = broadcastable(budgets, x)
+        eps_step = broadcastable(steps, x)
         loss_labels = self._loss_labels(labels)
         restarts = max(1, self.num_random_init)
         with preserve_mode(self.estimator._model):
@@ -651,303 +496,3 @@ class TorchGradientAttack(PerturbationSource):
                     success = self._success(x_adv, reference).reshape(-1, *([1] * (x.ndim - 1)))
                     best = torch.where(success, x_adv, best)
         return best.detach()
-
-
-@contextlib.contextmanager
-def _preserve_estimator_state(estimator: Any) -> Iterator[None]:
-    """
-    Restore module modes and parameter gradients of an ART estimator's torch model, when it has one.
-
-    :param estimator: Any ART estimator.
-    """
-    model = getattr(estimator, "_model", None)
-    if not isinstance(model, torch.nn.Module):
-        model = getattr(estimator, "model", None)
-    if not isinstance(model, torch.nn.Module):
-        yield
-        return
-    with preserve_mode(model), preserve_param_grads(model):
-        yield
-
-
-class ARTAttackSource(PerturbationSource):
-    """
-    Runs any ART ``EvasionAttack`` on a torch batch through numpy.
-
-    Inputs go to the attack as float32 numpy arrays with one-hot float32 labels; the result comes back on the
-    device and in the dtype of the inputs. A budget override sets the attack's ``eps`` (and scales ``eps_step`` by the
-    same factor, keeping an iterative attack's step/eps ratio) once per distinct budget, then restores the attack's
-    parameters. The sub-attacks of an attack holding a list of them (``AutoAttack``) get the override too.
-    """
-
-    def __init__(self, attack: EvasionAttack) -> None:
-        """
-        Create an :class:`.ARTAttackSource` instance.
-
-        :param attack: An ART evasion attack whose estimator is a classifier.
-        """
-        from art.attacks.attack import EvasionAttack
-
-        if not isinstance(attack, EvasionAttack):
-            raise TypeError(f"`attack` must be an art EvasionAttack, got {type(attack).__name__}.")
-        self.attack = attack
-
-    @property
-    def eps(self) -> float | None:
-        """
-        The attack's own ``eps`` when it has a scalar one, else `None`.
-        """
-        return _scalar(getattr(self.attack, "eps", None))
-
-    def generate(self, x: torch.Tensor, y: torch.Tensor, eps: Budget | None = None) -> torch.Tensor:
-        """
-        Run the attack on a batch.
-
-        :param x: Inputs ``(B, *input_shape)`` in input space.
-        :param y: Labels (indices or one-hot), passed to the attack one-hot.
-        :param eps: Budget override, a float or a tensor ``(B,)``; rejected with a `ValueError` when the attack has
-                    no scalar ``eps``.
-        :return: Detached adversarial inputs on `x`'s device, in `x`'s dtype.
-        """
-        batch_size = x.shape[0]
-        labels = labels_to_indices(y.detach()).cpu().numpy()
-        if labels.shape[0] != batch_size:
-            raise ValueError(f"`x` has {batch_size} samples but `y` has {labels.shape[0]}.")
-        # A copy, so an attack writing into its input can never reach `x`'s storage.
-        x_np = x.detach().to("cpu", torch.float32).numpy().copy()
-        y_np = np.eye(self.attack.estimator.nb_classes, dtype=np.float32)[labels]
-
-        with _preserve_estimator_state(self.attack.estimator):
-            if eps is None:
-                x_adv = self.attack.generate(x_np, y=y_np)
-            else:
-                x_adv = self._generate_with_budgets(x_np, y_np, _per_sample_budget(eps, batch_size).numpy())
-        return torch.from_numpy(np.asarray(x_adv, dtype=np.float32)).to(device=x.device, dtype=x.dtype)
-
-    def _budget_attacks(self) -> list[Any]:
-        """
-        Return the attacks whose ``eps`` a budget override sets: this one and any sub-attacks it runs.
-
-        :return: The attacks.
-        """
-        attacks = [self.attack]
-        for sub_attack in getattr(self.attack, "attacks", None) or []:
-            if "eps" in getattr(sub_attack, "attack_params", []):
-                attacks.append(sub_attack)
-        return attacks
-
-    def _generate_with_budgets(self, x: np.ndarray, y: np.ndarray, budgets: np.ndarray) -> np.ndarray:
-        """
-        Generate each group of equal budgets with the attack's ``eps`` temporarily set to that budget.
-
-        :param x: Inputs as float32 numpy.
-        :param y: One-hot labels.
-        :param budgets: Per-sample budgets ``(B,)``.
-        :return: Adversarial inputs; zero-budget rows are `x` unchanged.
-        """
-        name = type(self.attack).__name__
-        if "eps" not in self.attack.attack_params:
-            raise ValueError(f"{name} has no `eps` parameter, so a budget override `eps` cannot be applied.")
-        if getattr(self.attack, "random_eps", False):
-            raise ValueError(
-                f"{name} has random_eps=True: it draws eps from a distribution fixed at construction and would ignore "
-                "a budget override `eps`."
-            )
-
-        # (attack, its parameters to restore, its scalar eps, its scalar eps_step or None when it has none)
-        saved: list[tuple[Any, dict[str, Any], float, float | None]] = []
-        for attack in self._budget_attacks():
-            params = {"eps": attack.eps}
-            eps0, step0 = _scalar(attack.eps), None
-            if "eps_step" in attack.attack_params:
-                params["eps_step"] = attack.eps_step
-                step0 = _scalar(attack.eps_step)
-            if eps0 is None or ("eps_step" in params and step0 is None):
-                raise ValueError(
-                    f"{type(attack).__name__} has array-valued eps/eps_step; a budget override needs scalars."
-                )
-            saved.append((attack, params, eps0, step0))
-
-        x_adv = x.copy()
-        try:
-            for budget in np.unique(budgets):
-                if budget == 0:
-                    continue
-                rows = np.flatnonzero(budgets == budget)
-                for attack, _, eps0, step0 in saved:
-                    update = {"eps": float(budget)}
-                    if step0 is not None and eps0 > 0:
-                        update["eps_step"] = step0 * float(budget) / eps0
-                    attack.set_params(**update)
-                x_adv[rows] = self.attack.generate(x[rows], y=y[rows])
-        finally:
-            for attack, params, _, _ in saved:
-                attack.set_params(**params)
-        return x_adv
-
-
-class GaussianNoiseSource(PerturbationSource):
-    """
-    Adds Gaussian noise ``x + sigma * N(0, 1)``, clipped to `clip_values` when given.
-    """
-
-    def __init__(
-        self,
-        sigma: float,
-        clip_values: tuple[float | np.ndarray, float | np.ndarray] | None = None,
-        generator: torch.Generator | int | None = None,
-    ) -> None:
-        """
-        Create a :class:`.GaussianNoiseSource` instance.
-
-        :param sigma: Standard deviation of the noise; the budget that an `eps` override replaces.
-        :param clip_values: Optional ``(min, max)`` of the input range (floats or arrays broadcastable to one input).
-        :param generator: ``torch.Generator`` (or integer seed of a new CPU generator); `None` uses torch's global one.
-        """
-        if sigma < 0:
-            raise ValueError("The noise level `sigma` has to be non-negative.")
-        if clip_values is not None and len(clip_values) != 2:
-            raise ValueError("`clip_values` must be a (min, max) pair.")
-        self.sigma = float(sigma)
-        self.clip_values = clip_values
-        self.generator = _make_generator(generator)
-        self._bounds: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
-
-    @property
-    def eps(self) -> float:
-        """
-        The noise standard deviation.
-        """
-        return self.sigma
-
-    def generate(self, x: torch.Tensor, y: torch.Tensor | None = None, eps: Budget | None = None) -> torch.Tensor:
-        """
-        Add noise to a batch.
-
-        :param x: Inputs ``(B, *input_shape)``.
-        :param y: Unused; accepted for the common interface.
-        :param eps: Override of `sigma`, a float or a tensor ``(B,)``.
-        :return: Detached noisy inputs; rows with sigma 0 are `x` unchanged.
-        """
-        x = x.detach()
-        if eps is None or isinstance(eps, (int, float, np.floating, np.integer)):
-            scale = self.sigma if eps is None else float(eps)
-            if not math.isfinite(scale) or scale < 0:
-                raise ValueError("Perturbation budgets `eps` must be finite and non-negative.")
-            if scale == 0:
-                return x.clone()
-            return self._clip(x + scale * _sample("randn", tuple(x.shape), x, self.generator))
-        if _on_device(eps):
-            sigma_b = _broadcastable(_device_budget(eps, x.shape[0]), x)  # not read on the host: no synchronisation
-        else:
-            sigma = _per_sample_budget(eps, x.shape[0])
-            if not (sigma > 0).any():
-                return x.clone()
-            sigma_b = _broadcastable(sigma, x)
-        noisy = self._clip(x + sigma_b * _sample("randn", tuple(x.shape), x, self.generator))
-        return torch.where(sigma_b > 0, noisy, x)
-
-    def _clip(self, x: torch.Tensor) -> torch.Tensor:
-        """
-        Clip to ``clip_values``, with the bounds made once per device and dtype (no copy per call).
-
-        :param x: Noisy inputs.
-        :return: Clipped inputs.
-        """
-        if self.clip_values is None:
-            return x
-        key = (x.device, x.dtype)
-        bounds = self._bounds.get(key)
-        if bounds is None:
-            bounds = self._bounds[key] = (
-                torch.as_tensor(np.asarray(self.clip_values[0]), dtype=x.dtype, device=x.device),
-                torch.as_tensor(np.asarray(self.clip_values[1]), dtype=x.dtype, device=x.device),
-            )
-        return torch.maximum(torch.minimum(x, bounds[1]), bounds[0])
-
-
-def as_perturbation_source(
-    attack: PerturbationSource | EvasionAttack,
-    fast: bool = True,
-    argument: str = "attack",
-    generator: torch.Generator | int | None = None,
-) -> PerturbationSource:
-    """
-    Turn an attack into a :class:`.PerturbationSource`.
-
-    :param attack: A :class:`.PerturbationSource` (returned as is) or an ART ``EvasionAttack``.
-    :param fast: Use :class:`.TorchGradientAttack` when it reproduces the ART attack (see
-                 :meth:`.TorchGradientAttack.from_art`); otherwise, or when `False`, wrap it in
-                 :class:`.ARTAttackSource`.
-    :param argument: The name of the argument `attack` came from, for error messages.
-    :param generator: Generator (or seed) of the fast path's random starts.
-    :return: The perturbation source.
-    """
-    if isinstance(attack, PerturbationSource):
-        return attack
-    from art.attacks.attack import EvasionAttack
-
-    if isinstance(attack, EvasionAttack):
-        if fast:
-            source = TorchGradientAttack.from_art(attack, generator=generator)
-            if source is not None:
-                return source
-        return ARTAttackSource(attack)
-    raise TypeError(
-        f"`{argument}` must be a PerturbationSource or an art.attacks.attack.EvasionAttack, got "
-        f"{type(attack).__name__}."
-    )
-
-
-def attacked_model(attack: Any) -> torch.nn.Module | None:
-    """
-    The PyTorch model whose gradients `attack` follows, when it has one (ART attacks and the gradient sources).
-
-    :param attack: An ART evasion attack or a :class:`.PerturbationSource`.
-    :return: The ``torch.nn.Module``, or ``None`` for attacks without a model (noise, black-box estimators).
-    """
-    estimator = getattr(attack, "estimator", None)
-    if estimator is None:  # an ARTAttackSource holds the ART attack
-        estimator = getattr(getattr(attack, "attack", None), "estimator", None)
-    model = getattr(estimator, "model", None)
-    return model if isinstance(model, torch.nn.Module) else None
-
-
-def budget_pairs(
-    source: PerturbationSource,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    budgets: tuple[float, ...],
-    noise: PerturbationSource | None = None,
-    batch_size: int = 512,
-) -> dict[str, torch.Tensor]:
-    """
-    Pairs ``(x, x_pert)`` for every budget in `budgets` (and one noise pair per sample with `noise`): the fine-tuning
-    set of paper 000 (HLDR and the feature-guided denoiser train on it).
-
-    :param source: Makes the perturbed inputs; called with per-sample budgets, `batch_size` rows at a time.
-    :param x: Benign inputs on the device.
-    :param y: Class indices.
-    :param budgets: The budgets; 0 gives the benign pair ``(x, x)``.
-    :param noise: Adds ``len(x)`` noise pairs after the budget pairs when given.
-    :param batch_size: Rows per call of the source.
-    :return: ``{"x", "x_pair", "y", "eps"}``, grouped by budget then the noise pairs; ``eps`` is each pair's budget
-             (``-1`` for a noise pair).
-    """
-    n = len(x)
-    # The budgets stay on the host for the sources (which rows are budget 0 is then known without a device
-    # synchronisation) and are copied to the device once, without blocking.
-    eps = torch.tensor(budgets, dtype=torch.float64).repeat_interleave(n)
-    x_rep = x.repeat(len(budgets), *([1] * (x.ndim - 1)))
-    y_rep = y.repeat(len(budgets))
-    pairs = [
-        source.generate(x_rep[begin : begin + batch_size], y_rep[begin : begin + batch_size],
-                        eps=eps[begin : begin + batch_size])
-        for begin in range(0, len(x_rep), batch_size)
-    ]
-    if noise is not None:
-        x_rep, y_rep = torch.cat([x_rep, x]), torch.cat([y_rep, y])
-        pairs.append(noise.generate(x, y))
-        eps = torch.cat([eps, torch.full((n,), -1.0, dtype=eps.dtype)])
-    return {"x": x_rep, "x_pair": torch.cat(pairs).detach(), "y": y_rep,
-            "eps": eps.to(device=x.device, dtype=x.dtype, non_blocking=True)}
