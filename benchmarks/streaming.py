@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -107,6 +106,15 @@ def _time(args: argparse.Namespace, dataset: DiskImages) -> dict[str, Any]:
     return results
 
 
+def _peak_rss_mib() -> float:
+    """This process's peak resident set (``VmHWM``). Not ``ru_maxrss``: Linux keeps that across ``fork`` and
+    ``execve``, so a child started by this script would report the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def _rss_child(args: argparse.Namespace, images: Path, labels: Path) -> None:
     dataset = DiskImages(images, labels)
     if args.rss_kind == "hldr_online_fgsm":
@@ -114,7 +122,7 @@ def _rss_child(args: argparse.Namespace, images: Path, labels: Path) -> None:
         indices = np.random.default_rng(0).choice(args.rss_child, args.rss_steps * args.batch_size, replace=False)
         loader = DataLoader(Subset(dataset, indices.tolist()), batch_size=args.batch_size, shuffle=True)
         _trainer("hldr_online_fgsm").fit_generator(loader, nb_epochs=1, verbose=False)
-        print(json.dumps({"max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+        print(json.dumps({"max_rss_mib": _peak_rss_mib()}))
         return
     # Precomputed pairs of all n images (one epoch over them), in host memory or memory-mapped files.
     loader = DataLoader(IndexedDataset(Subset(dataset, range(args.rss_child))), batch_size=args.batch_size,
@@ -132,7 +140,7 @@ def _rss_child(args: argparse.Namespace, images: Path, labels: Path) -> None:
 
         trainer.optimization_step = step
         trainer.fit_generator(loader, nb_epochs=1, verbose=False)
-    print(json.dumps({"max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    print(json.dumps({"max_rss_mib": _peak_rss_mib(),
                       "stored_mib": sum(stored.values()) / 2**20,
                       "stored": {k: v / 2**20 for k, v in stored.items()}}))
 
