@@ -254,7 +254,9 @@ class SampleStore:
         if bool(((index < 0) | (index >= self._size)).any()) or not bool(self._filled[index].all()):
             raise ValueError(
                 f"The loader yielded sample indices outside the {self._size} samples whose {self.spec.name} was made "
-                "(the indices must be the data set's, and every epoch must yield the same samples).")
+                "(the indices must be the data set's, and every epoch must yield the same samples; under data-parallel "
+                "training from sharded loaders a resume restores the main process's rows only: resume such runs with "
+                "fit(x, y), or from an epoch checkpoint with regenerate='epoch').")
         return self.rows(self._rows(index), {k: _repeat(batch[k], self.spec.rows) for k in self.spec.repeats})
 
     def rows(self, rows: torch.Tensor, own: Batch) -> Batch:
