@@ -76,10 +76,10 @@ class NoBatchNormNet(nn.Module):
 
 
 def hldr_weights_after_training(x, y, batch_size: int, checkpoint: str | None = None, distributed: bool = False,
-                                loader=None):
+                                loader=None, regenerate: str = "never"):
     """
-    Train NoBatchNormNet with HLDR (sample normalization, FGSM pairs) for two epochs, on arrays or on `loader`; return
-    weights and history.
+    Train NoBatchNormNet with HLDR (sample normalization, FGSM pairs made as `regenerate` says) for two epochs, on
+    arrays or on `loader`; return weights and history.
     """
     from art.attacks.evasion import FastGradientMethod
 
@@ -88,7 +88,7 @@ def hldr_weights_after_training(x, y, batch_size: int, checkpoint: str | None = 
     torch.manual_seed(0)
     clf = make_classifier(NoBatchNormNet(), lr=0.1)
     trainer = HLDRTrainer(clf, FastGradientMethod(clf, eps=0.1), budgets=(0.0, 0.1), normalization="sample", seed=0,
-                          distributed=distributed, validation_attack=None)
+                          distributed=distributed, validation_attack=None, regenerate=regenerate)
     if loader is not None:
         history = trainer.fit_generator(loader, nb_epochs=2, checkpoint_dir=checkpoint, verbose=False)
     else:
@@ -118,8 +118,9 @@ def ddp_worker(rank: int, world_size: int, port: int, x, y, out_dir: str) -> Non
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
         loader = sharded_loader(x, y, 8, rank, world_size) if os.environ.get("ART_LATENT_TEST_LOADER") else None
-        weights, history = hldr_weights_after_training(x, y, batch_size=8, checkpoint=f"{out_dir}/ckpt",
-                                                       distributed=True, loader=loader)
+        weights, history = hldr_weights_after_training(
+            x, y, batch_size=8, checkpoint=f"{out_dir}/ckpt", distributed=True, loader=loader,
+            regenerate=os.environ.get("ART_LATENT_TEST_REGENERATE", "never"))
         torch.save({"weights": weights, "history": history}, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()

@@ -33,6 +33,20 @@ def test_two_processes_match_one_process_on_the_combined_batch(tiny_data, tmp_pa
 
 
 @pytest.mark.slow
+def test_two_processes_with_pairs_made_every_batch_match_one_process(tiny_data, tmp_path, monkeypatch):
+    # Each sample becomes one row per budget; the gradient weights must count samples, as the global batch does.
+    x, y = tiny_data
+    reference, ref_history = hldr_weights_after_training(x, y, batch_size=16, regenerate="batch")
+    monkeypatch.setenv("ART_LATENT_TEST_REGENERATE", "batch")  # read by the spawned workers
+    mp.spawn(ddp_worker, args=(2, _free_port(), x, y, str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+        for name, value in reference.items():
+            torch.testing.assert_close(result["weights"][name], value, atol=1e-5, rtol=0)
+        assert result["history"][-1]["loss"] == pytest.approx(ref_history[-1]["loss"], rel=1e-5)
+
+
+@pytest.mark.slow
 def test_two_processes_reading_their_shards_from_loaders_match_one_process(tiny_data, tmp_path, monkeypatch):
     # DistributedSampler without shuffling gives rank r the samples r, r + 2, ...: the two batches of 8 make up
     # the one-process batch of 16 in order, and each process reads only its half.

@@ -277,6 +277,7 @@ class LatentTrainer(Trainer):
         self._dist: DistributedContext | None = None
         # (identity of the method's write-once tensors, the file reference of their last write)
         self._write_once: tuple[Any, dict[str, Any]] | None = None
+        self._referenced_blob: Any = ""  # the state file checkpoint.pt was last written with ("": not known)
         self._fingerprint: dict[str, Any] | None = None
         #: Optimizer steps taken in the run so far (resumes included); the x-axis of the loggers.
         self.global_step = 0
@@ -690,8 +691,10 @@ class LatentTrainer(Trainer):
                           and copy each batch to the device without blocking (``False``: for data larger than the
                           device; the per-sample rows are made on the device in chunks). ``None`` (default): on the
                           device unless an accelerator's free memory is less than twice what the data and its
-                          per-sample rows are estimated to take. The batches, their order and the updates are the
-                          same either way.
+                          per-sample rows are estimated to take. The batches and their order are the same either
+                          way, and so are the updates when the per-sample rows are deterministic (FGSM pairs); random
+                          rows (random starts, noise) are drawn in chunks of 1,024 samples on the host path, so they
+                          differ for larger data.
         :return: The history: one dict per epoch.
         """
         if kwargs:
@@ -1181,6 +1184,7 @@ class LatentTrainer(Trainer):
         self.history = []
         self._stop = False
         self._write_once = None
+        self._referenced_blob = ""
         self.global_step = 0
         self._step_loggers = [c for c in callbacks if getattr(c, "every_n_steps", None)]
         self._callbacks = callbacks
@@ -1290,11 +1294,14 @@ class LatentTrainer(Trainer):
         with self._classifier.keep_hooks():
             try:
                 for step, batch in enumerate(bar, start=first):
+                    # Samples, not rows: per-sample state may expand each sample into several rows (one per pair),
+                    # and the gradient weights of data-parallel training compare this with the global sample count.
+                    self._local_batch_size = len(batch["y"])
                     if samples is not None and (samples.per_batch or samples.by_index):
                         batch = samples.complete(batch)
                     else:
                         batch.pop("index", None)
-                    n = self._local_batch_size = len(batch["y"])
+                    n = len(batch["y"])
                     self._position = current = (epoch, step)
                     if self.check_finite:
                         self._snapshot_buffers()
@@ -1504,14 +1511,14 @@ class LatentTrainer(Trainer):
             method = dict(self.state_dict())
             once = method.pop(WRITE_ONCE, None)
             samples = self._samples
+            identity = None  # what tells, without hashing them, that the rows are those already written
             # Rows made once per run are written once; an epoch's rows only where the epoch goes on after the write.
             if samples is not None and (samples.spec.refresh == "never" or mid is not None or batch is not None):
-                once = samples.state_dict()
+                once, identity = samples.state_dict(), samples.generation
             reference = None
             if once is not None:  # never-changing per-sample tensors: their own file, written once per run
-                identity = tuple((key, id(value)) for key, value in sorted(once.items()))
                 written = self._write_once
-                if written is None or written[0] != identity:
+                if written is None or identity is None or written[0] != identity:
                     previous = None if written is None else written[1]
                     if previous is None or not ckpt.blob_matches(previous, once, path.parent):
                         previous = ckpt.save_blob(once, path.parent)
@@ -1543,8 +1550,10 @@ class LatentTrainer(Trainer):
                 "carried": {key: value.detach().cpu() for key, value in self.carried.items()},
             }
             ckpt.save_atomic(state, path)
-            if batch is None:
+            name = None if reference is None else reference.get("file")
+            if batch is None and name != self._referenced_blob:  # the state file it replaces is no longer referred to
                 ckpt.remove_unreferenced_blobs(path.parent)
+                self._referenced_blob = name
         if self._dist is not None:
             self._dist.barrier()
 
