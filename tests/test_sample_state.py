@@ -186,6 +186,33 @@ def test_memory_mapped_storage_trains_as_host_memory_and_leaves_no_file(tiny_dat
     assert all(torch.equal(a, b) for a, b in zip(*weights, strict=True))
 
 
+def test_a_memory_mapped_store_resumes_mid_epoch_exactly_with_its_rows_back_in_files(tiny_data, tmp_path):
+    data = tiny_data[0][:48], tiny_data[1][:48]
+    state_dir = tmp_path / "state"
+    files: list[list[str]] = []
+
+    def factory(clf):
+        trainer = _hldr(clf, sample_state_dir=state_dir)
+        original = trainer.training_step
+
+        def step(batch):
+            files.append(sorted(p.name for p in state_dir.iterdir()))
+            return original(batch)
+
+        trainer.training_step = step
+        return trainer
+
+    reference, _ = _run(factory, data, loader=True, epochs=2)
+    with pytest.raises(KeyboardInterrupt):
+        _run(factory, data, tmp_path / "ckpt", kill_at=4, loader=True, epochs=2)
+    files.clear()
+    resumed, _ = _run(factory, data, tmp_path / "ckpt", resume=True, loader=True, epochs=2)
+    assert all(torch.equal(a, b) for a, b in zip(reference, resumed, strict=True))
+    # the checkpoint's rows went back into files, not into process memory
+    assert files and all(len(names) == 2 for names in files)
+    assert list(state_dir.iterdir()) == []
+
+
 def test_bad_sample_indices_fail_at_the_first_batch_naming_it(tiny_data):
     x, y = torch.from_numpy(tiny_data[0][:32]), torch.from_numpy(tiny_data[1][:32])
     trainer = _hldr(make_classifier())
@@ -300,3 +327,36 @@ def test_a_checkpoint_resumes_with_the_other_in_memory_choice(first, tiny_data, 
         run(first, tmp_path, kill_at=9 + 3)
     resumed = run(not first, tmp_path, resume=True)
     assert all(torch.equal(a, b) for a, b in zip(reference, resumed, strict=True))
+
+
+def test_state_files_are_written_when_the_rows_change_and_pruned_only_then(tiny_data, tmp_path, monkeypatch):
+    # Pairs remade every epoch, a checkpoint after every step: the epoch's rows are written once per epoch (not per
+    # step), the directory is searched for stale state files only when the file a checkpoint refers to changes, and
+    # what is left is the file checkpoint.pt refers to.
+    data = tiny_data[0][:48], tiny_data[1][:48]
+    saved, pruned = [], []
+    save_blob, remove = ckpt.save_blob, ckpt.remove_unreferenced_blobs
+    monkeypatch.setattr(ckpt, "save_blob", lambda *a: saved.append(1) or save_blob(*a))
+    monkeypatch.setattr(ckpt, "remove_unreferenced_blobs", lambda d: pruned.append(1) or remove(d))
+    _run(lambda clf: _hldr(clf, regenerate="epoch"), data, tmp_path, epochs=3)
+    steps_per_epoch = len(data[1]) * 2 // 16  # two pairs per sample
+    assert len(saved) == 3  # one file per epoch's rows, not one per step (the last step of an epoch writes none)
+    # once at the start of fit, then when the reference changes: to the new epoch's file, and to none at epoch end
+    assert len(pruned) <= 1 + 2 * 3 < 3 * steps_per_epoch
+    state = torch.load(tmp_path / ckpt.CHECKPOINT_NAME, weights_only=True)
+    assert state["write_once"] is None  # an epoch-end checkpoint: the next epoch remakes its rows
+    assert sorted(p.name for p in tmp_path.iterdir()) == [ckpt.CHECKPOINT_NAME]
+
+
+def test_the_generation_of_a_store_changes_whenever_its_rows_do():
+    spec = SampleState(lambda x, y: {"noise": torch.randn_like(x)}, "epoch")
+    store = SampleStore(spec, torch.device("cpu"))
+    x, y = torch.zeros(4, 2), torch.zeros(4, dtype=torch.long)
+    seen = [store.generation]
+    store.build(0, x, y)
+    seen.append(store.generation)
+    store.build(1, x, y)  # new tensors, which may sit at the freed tensors' addresses
+    seen.append(store.generation)
+    store.load_state_dict(store.state_dict())
+    seen.append(store.generation)
+    assert len(set(seen)) == len(seen)

@@ -128,6 +128,8 @@ class SampleStore:
         self._files: list[Path] = []
         self._host_keys: tuple[str, ...] = ()
         self._state: Batch | None = None  # what state_dict returns, the same objects until the rows change
+        #: Counts the changes of the rows (made, remade, loaded, moved): equal generations hold equal rows.
+        self.generation = 0
 
     @property
     def stored(self) -> bool:
@@ -207,8 +209,7 @@ class SampleStore:
     def _allocate(self, key: str, like: torch.Tensor) -> torch.Tensor:
         shape = (self.spec.rows * self._size, *like.shape[1:])
         if self.directory is None:
-            tensor = torch.empty(shape, dtype=like.dtype)
-            return tensor.pin_memory() if self.device.type == "cuda" else tensor
+            return torch.empty(shape, dtype=like.dtype, pin_memory=self.device.type == "cuda")
         self.directory.mkdir(parents=True, exist_ok=True)
         descriptor, name = tempfile.mkstemp(dir=self.directory, prefix=f"sample_state-{key}-", suffix=".bin")
         os.close(descriptor)
@@ -244,6 +245,7 @@ class SampleStore:
                       if not (k.endswith(HOST) and k[: -len(HOST)] in data) and k not in self.spec.repeats}
             self._size, self._filled = size, torch.ones(size, dtype=torch.bool)
         self.data, self._state = placed, None
+        self.generation += 1
 
     # ------------------------------------------------------------------ batches
 
@@ -317,12 +319,13 @@ class SampleStore:
         else:
             self._filled = filled.cpu().bool()
             self._size = len(self._filled)
-            self.data = {k: v.cpu() for k, v in state.items()}
+            self.data = {k: self._allocate(k, v).copy_(v) for k, v in state.items()}  # memory-mapped if configured
             flags = [] if host_keys is None else host_keys.tolist()
             self._host_keys = tuple(k for k, flag in zip(sorted(self.data), flags, strict=False) if flag)
 
     def _release(self) -> None:
         self.data, self._state = None, None
+        self.generation += 1
         for path in self._files:
             path.unlink(missing_ok=True)
         self._files = []
