@@ -93,7 +93,7 @@ def test_tensorboard_logger_is_readable_and_resumes_without_duplicates(tmp_path)
 
 def test_the_log_gets_one_line_per_epoch(caplog):
     x, y = _data()
-    with caplog.at_level(logging.INFO, logger="art_latent.trainers.base"):
+    with caplog.at_level(logging.INFO, logger="art_latent.trainers"):
         _trainer().fit(x, y, nb_epochs=2, batch_size=16, verbose=False)
     lines = [r.getMessage() for r in caplog.records if " epoch " in r.getMessage()]
     assert len(lines) == 2 and lines[0].startswith("HLDRTrainer epoch 1/2: loss ") and "regularizer" in lines[0]
