@@ -7,10 +7,9 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-import math
 import os
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,7 +21,6 @@ from art.estimators.classification.pytorch import PyTorchClassifier
 from art_latent.capture import split_ref
 from art_latent.estimator import LatentClassifier
 from art_latent.perturbations import PerturbationSource, as_perturbation_source, attacked_model
-from art_latent.trainers import checkpoint as ckpt
 from art_latent.trainers.batches import LoaderBatches
 from art_latent.trainers.checkpointing import CheckpointingMixin
 from art_latent.trainers.context import Batch, Callback, LoopContext, TrainingDivergedError
@@ -537,75 +535,8 @@ class LatentTrainer(FitInputsMixin, EpochLoopMixin, CheckpointingMixin, Trainer)
         self._fingerprint = {"data": data_digest(x_np, y_np), "settings": self.resume_settings(),
                              "batch_size": batch_size, "shuffle": shuffle, "drop_last": drop_last,
                              **self._run_settings(scheduler)}
-        self._seed_everything()
-        resident = self._resident(x_np, in_memory)
-        if resident:
-            x_t, y_t = self._to_device(x_np, y_np)
-        else:  # host memory, pinned for copies without blocking
-            x_t, y_t = (torch.from_numpy(np.ascontiguousarray(a)) for a in (x_np, y_np))
-            if self.device.type == "cuda":
-                x_t, y_t = x_t.pin_memory(), y_t.pin_memory()
-
-        def build_samples(epoch: int) -> None:
-            samples = self._samples
-            assert samples is not None
-            if resident:
-                samples.build(epoch, x_t, y_t)
-                return
-            chunk = max(batch_size, 1024)
-            samples.fill(epoch, len(x_t), ((x_t[s : s + chunk].to(self.device, non_blocking=True),
-                                            y_t[s : s + chunk].to(self.device, non_blocking=True),
-                                            torch.arange(s, min(s + chunk, len(x_t))))
-                                           for s in range(0, len(x_t), chunk)))
-
-        self._build_samples, self._samples_by_index = build_samples, False
-        state: list[Batch] = []  # the per-sample tensors, made by prepare_data at the first epoch
-
-        def epoch_batches(epoch: int) -> tuple[int, Iterator[Batch]]:
-            if not state:
-                state.append(self.prepare_data(x_t, y_t))  # host tensors when not resident
-            data = state[0] = self.on_epoch_start(epoch, state[0])
-            samples = self._samples
-            n = len(data["y"])
-            if samples is not None and samples.stored:
-                assert samples.data is not None
-                samples.place(resident, {"x": x_t, "y": y_t})  # rows a checkpoint of the other in_memory restored
-                if resident:
-                    data = samples.merge(data, samples.data)
-                n = samples.spec.rows * len(x_t)
-            # The order is drawn on the host; per-sample tensors a method keeps on the host (e.g. HLDR's budget of
-            # each pair, read without a device synchronisation) are indexed with the host copy.
-            order_host = torch.randperm(n, generator=self._shuffle_generator) if shuffle else torch.arange(n)
-            order = order_host.to(self.device)
-            on_host = {k for k, v in data.items() if v.device != order.device}
-            world = 1 if self._dist is None else self._dist.world_size
-            step = batch_size * world  # every process takes its contiguous part of each global batch
-            # A last global batch too small to give every process a sample is dropped under data-parallel training.
-            starts = [s for s in range(0, n, step) if world == 1 or min(step, n - s) >= world]
-            if drop_last and n - starts[-1] < step and len(starts) > 1:
-                starts = starts[:-1]
-            last = min(step, n - starts[-1]) // world
-            if last == 1 and self._has_batchnorm():
-                raise ValueError(
-                    f"The last batch of every epoch would hold one sample ({n} samples per epoch, batch_size="
-                    f"{batch_size}{f' x {world} processes' if world > 1 else ''}): BatchNorm cannot normalise a "
-                    "single sample in training mode. Pass `drop_last`=True or another `batch_size`."
-                )
-
-            def batches() -> Iterator[Batch]:
-                for start in starts:
-                    index, index_host = order[start : start + step], order_host[start : start + step]
-                    self._global_batch_size = len(index)
-                    if self._dist is not None:
-                        index, index_host = self._dist.shard(index), self._dist.shard(index_host)
-                    if resident:
-                        yield {k: v[index_host if k in on_host else index] for k, v in data.items()}
-                    else:
-                        yield self._host_batch(data, index_host)
-
-            return len(starts), batches()
-
-        return self._loop(epoch_batches, nb_epochs, scheduler, callbacks, verbose, val, checkpoint, resume)
+        return self._fit_arrays(x_np, y_np, in_memory, batch_size, shuffle, drop_last, nb_epochs, scheduler,
+                                callbacks, verbose, val, checkpoint, resume)
 
     def fit_generator(  # pylint: disable=W0221
         self,
@@ -665,45 +596,8 @@ class LatentTrainer(FitInputsMixin, EpochLoopMixin, CheckpointingMixin, Trainer)
             return self._fit_loader(loader, nb_epochs, validation_data, scheduler, callbacks, verbose, checkpoint,
                                     resume)
         assert isinstance(generator, DataGenerator)  # the loader branch took everything else
-        if generator.size is None or generator.batch_size is None:
-            raise ValueError("The DataGenerator must know its `size` and `batch_size`.")
-        if generator.size <= 0 or generator.batch_size <= 0:
-            raise ValueError(
-                f"The DataGenerator's `size` and `batch_size` must be positive, got {generator.size} and "
-                f"{generator.batch_size}."
-            )
-        if generator.size % generator.batch_size == 1 and self._has_batchnorm():
-            raise ValueError(
-                f"The DataGenerator's last batch would hold one sample (size {generator.size}, batch_size "
-                f"{generator.batch_size}): BatchNorm cannot normalise a single sample in training mode. Use another "
-                "batch_size."
-            )
-        val = self._validation_tensors(validation_data)
-        self._fingerprint = {"data": {"generator": f"{type(generator).__module__}.{type(generator).__qualname__}",
-                                      "size": int(generator.size), "batch_size": int(generator.batch_size)},
-                             "settings": self.resume_settings(), "batch_size": int(generator.batch_size),
-                             **self._run_settings(scheduler)}
-        self._seed_everything()
-        resuming = resume and checkpoint is not None and (checkpoint[0] / ckpt.CHECKPOINT_NAME).exists()
-        self.prepare_generator(generator, resuming)
-        # an ART DataGenerator's samples cannot be found again: made per batch
-        self._build_samples, self._samples_by_index = None, False
-        nb_batches = math.ceil(generator.size / generator.batch_size)
-        checked: list[bool] = []
-
-        def epoch_batches(epoch: int) -> tuple[int, Iterator[Batch]]:
-            def gen() -> Iterator[Batch]:
-                for _ in range(nb_batches):
-                    x_np, y_np = self._check(*generator.get_batch())
-                    if not checked:  # the model contract, on the first batch (before its training step)
-                        self.check_model(x_np)
-                        checked.append(True)
-                    x_b, y_b = self._to_device(x_np, y_np)
-                    yield {"x": x_b, "y": y_b}
-
-            return nb_batches, gen()
-
-        return self._loop(epoch_batches, nb_epochs, scheduler, callbacks, verbose, val, checkpoint, resume)
+        return self._fit_art_generator(generator, nb_epochs, validation_data, scheduler, callbacks, verbose,
+                                       checkpoint, resume)
 
     # ------------------------------------------------------------------ the loop
 
