@@ -18,6 +18,7 @@ from art.estimators.classification.pytorch import PyTorchClassifier
 from torch import nn
 
 from art_latent.estimator import LatentClassifier
+from art_latent.io import atomic_path, safe_load
 from art_latent.perturbations import GaussianNoiseSource, PerturbationSource, budget_pairs
 from art_latent.regularizers.disparity import NORMALIZATIONS, latent_disparity
 from art_latent.trainers.base import Batch, LatentTrainer
@@ -206,8 +207,6 @@ class FeatureGuidedDenoiser(PreprocessorPyTorch):
 
         :param path: The file to write (``torch.save`` format).
         """
-        from art_latent.io import atomic_path
-
         with atomic_path(path) as tmp:
             torch.save({"config": self.config, "state_dict": self.network.state_dict(), "is_fitted": self.is_fitted},
                        tmp)
@@ -220,8 +219,9 @@ class FeatureGuidedDenoiser(PreprocessorPyTorch):
         :param path: The file.
         :param device_type: ``"gpu"`` or ``"cpu"``.
         :return: The denoiser, in eval mode.
+        :raises ValueError: If the file cannot be read safely (:func:`art_latent.io.safe_load`).
         """
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = safe_load(path, map_location="cpu")
         config = dict(state["config"])
         if config.get("clip_values") is not None:
             config["clip_values"] = tuple(config["clip_values"])
