@@ -377,7 +377,7 @@ def run_job(
     Keyword arguments in the configuration take precedence.
 
     :param config: The configuration.
-    :param defense: The :class:`~art_latent.experiments.config.DefenseSpec`.
+    :param defense: The :class:`~art_latent.experiments.specs.DefenseSpec`.
     :param pair_set: ``"D"`` or ``"D_N"``.
     :param pool: The pool.
     :param pretrained: The pre-trained ``state_dict``.
