@@ -8,7 +8,8 @@ calls need a name.
 :func:`trace_model` runs one forward pass without gradients and records every module call: its reference, the
 enclosing call, whether the returned tensor was later modified in place (``out += identity``, an in-place ReLU), and
 whether the call adds its own input to a computed tensor (a residual connection). :class:`CallHooks` registers forward
-hooks that fire on chosen calls only; the estimator and the layerwise trainer build on it.
+hooks that fire on chosen calls only; the estimator and the layerwise trainer build on it. :func:`record_outputs`
+records the outputs of chosen calls with them, for one capture or with the hooks kept across captures.
 """
 
 from __future__ import annotations
@@ -341,3 +342,77 @@ class CallHooks:
             return self._fn(ref, output)
 
         return hook
+
+
+#: Captured tensors that were not copied, with their version counter at capture time.
+Versions = dict[str, tuple[torch.Tensor, int]]
+#: Capture hooks kept registered across captures: layer names -> (hooks, their slot ``[store, versions]``).
+KeptHooks = dict[tuple[str, ...], tuple[CallHooks, list[Any]]]
+
+
+def recording_hook(slot: list[Any], needs_copy: Callable[[str], bool]) -> Callable[[str, Any], None]:
+    """
+    The body of capture hooks (:class:`CallHooks`) that record each selected call's output.
+
+    :param slot: ``[store, versions]`` of the capture in progress, or ``[None, None]`` between captures (the hook
+                 then records nothing). ``store`` maps call references to outputs; ``versions`` receives the version
+                 counter of every output that is not copied.
+    :param needs_copy: Whether the output of a call reference must be copied (later code modifies it in place).
+    :return: The hook body ``fn(ref, output)``.
+    :raises TypeError: (from the hook) If a selected call returns no tensor.
+    """
+
+    def record(ref: str, output: Any) -> None:
+        store, versions = slot
+        if store is None:
+            return
+        tensor = first_tensor(output)
+        if tensor is None:
+            raise TypeError(f"Layer {ref!r} returned {type(output).__name__}, which holds no tensor.")
+        if needs_copy(ref):
+            tensor = tensor.clone()
+        else:
+            versions[ref] = (tensor, tensor._version)
+        store[ref] = tensor
+
+    return record
+
+
+@contextlib.contextmanager
+def record_outputs(
+    model: nn.Module,
+    refs: list[str],
+    needs_copy: Callable[[str], bool],
+    roots: Sequence[nn.Module] | None = None,
+    kept: KeptHooks | None = None,
+) -> Iterator[tuple[dict[str, torch.Tensor], Versions]]:
+    """
+    Record the outputs of calls `refs` while the block runs: every forward pass fills the yielded store.
+
+    :param model: The network.
+    :param refs: Call references.
+    :param needs_copy: Whether an output must be copied (see :func:`recording_hook`).
+    :param roots: Modules whose forward pass starts a new call count (see :class:`CallHooks`).
+    :param kept: Hooks kept registered across captures (``None``: hooks are registered for this block and removed on
+                 exit). Hooks for `refs` are added to it when missing and stay registered; the caller removes them.
+    :return: ``(store, versions)``: call reference -> output, and the version counters of the outputs not copied.
+    """
+    store: dict[str, torch.Tensor] = {}
+    versions: Versions = {}
+    if kept is None:
+        with CallHooks(model, refs, recording_hook([store, versions], needs_copy), roots=roots):
+            yield store, versions
+        return
+    key = tuple(refs)
+    if key not in kept:
+        slot: list[Any] = [None, None]
+        hooks = CallHooks(model, refs, recording_hook(slot, needs_copy), roots=roots)
+        hooks.__enter__()
+        kept[key] = (hooks, slot)
+    slot = kept[key][1]
+    outer = list(slot)
+    slot[:] = [store, versions]
+    try:
+        yield store, versions
+    finally:
+        slot[:] = outer

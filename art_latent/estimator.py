@@ -1,28 +1,29 @@
 """
 :class:`LatentClassifier`: ART's ``PyTorchClassifier`` with differentiable access to named hidden layers.
+
+The class is here; what it builds on has its own modules: :mod:`art_latent.model_output` (where the logits are in a
+model output), :mod:`art_latent.capture` (call references, the traced forward pass, recording layer outputs with
+hooks) and :mod:`art_latent.layers` (resolving a layer specification).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from art.estimators.classification.pytorch import PyTorchClassifier
 
-from art_latent.capture import CallHooks, ModelTrace, first_tensor, split_ref, trace_model
-from art_latent.layers import LayerSpec, resolve_layers
+from art_latent.capture import KeptHooks, ModelTrace, Versions, record_outputs, split_ref, trace_model
+from art_latent.layers import LayerSpec, check_layer_spec, resolve_layers, select_layers
+from art_latent.model_output import OutputKey, check_output, logits_wrapper_class, select_logits
 from art_latent.utils import preserve_mode
 
-#: What picks the logits out of a model output that is not a tensor: a key (dict, HF ``ModelOutput``) or an index.
-OutputKey = str | int
 #: The number of samples of the first batch that a traced forward pass runs on.
 _TRACE_SAMPLES = 4
-#: Captured tensors that were not copied, with their version counter at capture time.
-_Versions = dict[str, tuple[torch.Tensor, int]]
 
 logger = logging.getLogger(__name__)
 
@@ -106,11 +107,11 @@ class LatentClassifier(PyTorchClassifier):
         """
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
-        self._output_key, self._logits_fn = self._check_output(output_key, logits_fn)
+        self._output_key, self._logits_fn = check_output(output_key, logits_fn)
         self._traces: dict[bool, ModelTrace] = {}
         self._forced_copies: set[str] = set()
         #: Capture hooks kept registered by :meth:`keep_hooks`: layer names -> (hooks, the armed store and versions).
-        self._kept: dict[tuple[str, ...], tuple[CallHooks, list[Any]]] | None = None
+        self._kept: KeptHooks | None = None
         self._layers: LayerSpec = layers
         self._latent_layers: list[str] | None = None
         #: The layers the last latent trainer regularized (set by its ``fit``); the latent attack's default.
@@ -131,20 +132,7 @@ class LatentClassifier(PyTorchClassifier):
             preprocessing=preprocessing,
             device_type=device_type,
         )
-        self._check_layer_spec(layers)
-
-    @staticmethod
-    def _check_output(
-        output_key: OutputKey | None, logits_fn: Callable[[Any], torch.Tensor] | None
-    ) -> tuple[OutputKey | None, Callable[[Any], torch.Tensor] | None]:
-        if output_key is not None and (isinstance(output_key, bool) or not isinstance(output_key, (str, int))):
-            raise TypeError(f"`output_key` must be a str (dict / ModelOutput key) or an int (tuple index), got "
-                            f"{output_key!r}.")
-        if logits_fn is not None and not callable(logits_fn):
-            raise TypeError(f"`logits_fn` must be callable (model output -> logits tensor), got {logits_fn!r}.")
-        if output_key is not None and logits_fn is not None:
-            raise ValueError("Give either `output_key` or `logits_fn`, not both.")
-        return output_key, logits_fn
+        check_layer_spec(self.model, layers)
 
     @classmethod
     def from_classifier(cls, classifier: PyTorchClassifier, layers: LayerSpec = "auto", **kwargs: Any
@@ -188,7 +176,7 @@ class LatentClassifier(PyTorchClassifier):
 
     @output_key.setter
     def output_key(self, value: OutputKey | None) -> None:
-        self._output_key, _ = self._check_output(value, None if value is not None else self._logits_fn)
+        self._output_key, _ = check_output(value, None if value is not None else self._logits_fn)
 
     @property
     def logits_fn(self) -> Callable[[Any], torch.Tensor] | None:
@@ -197,7 +185,7 @@ class LatentClassifier(PyTorchClassifier):
 
     @logits_fn.setter
     def logits_fn(self, value: Callable[[Any], torch.Tensor] | None) -> None:
-        _, self._logits_fn = self._check_output(None if value is not None else self._output_key, value)
+        _, self._logits_fn = check_output(None if value is not None else self._output_key, value)
 
     def select_logits(self, output: Any) -> torch.Tensor:
         """
@@ -207,37 +195,9 @@ class LatentClassifier(PyTorchClassifier):
         :return: The logits tensor.
         :raises TypeError: If the output is not a tensor and neither `output_key` nor `logits_fn` says where the
                            logits are, or they do not lead to a tensor.
+        :raises ValueError: If the number of logits is not `nb_classes`.
         """
-        if self._logits_fn is not None:
-            output = self._logits_fn(output)
-        elif self._output_key is not None:
-            key = self._output_key
-            try:
-                output = output[key]
-            except (KeyError, IndexError, TypeError) as error:
-                available = list(output.keys()) if isinstance(output, Mapping) else None
-                raise TypeError(
-                    f"`output_key`={key!r} does not pick the logits out of the model output "
-                    f"({type(output).__name__}{f' with keys {available}' if available else ''}): {error}"
-                ) from None
-        if not isinstance(output, torch.Tensor):
-            keys = f" with keys {list(output.keys())}" if isinstance(output, Mapping) else ""
-            hint = ("pass `output_key`='logits' (a dict / ModelOutput key), `output_key`=0 (a tuple index) or "
-                    "`logits_fn`=... to LatentClassifier")
-            if self._logits_fn is not None or self._output_key is not None:
-                raise TypeError(f"The logits picked from the model output are a {type(output).__name__}, not a "
-                                "tensor.")
-            raise TypeError(f"The model's forward returned a {type(output).__name__}{keys}, not the logits tensor; "
-                            f"{hint}.")
-        # Shapes only (no host synchronisation). One output for nb_classes=2 is ART's binary convention (sigmoid).
-        if output.ndim >= 2 and output.shape[-1] != self.nb_classes and not (
-                output.shape[-1] == 1 and self.nb_classes == 2):
-            raise ValueError(
-                f"The model returns {output.shape[-1]} logits per input (output shape {tuple(output.shape)}), but the "
-                f"classifier has `nb_classes`={self.nb_classes}: set `nb_classes` to the model's number of outputs "
-                "(or fix its last layer)."
-            )
-        return output
+        return select_logits(output, self._output_key, self._logits_fn, self.nb_classes)
 
     def model_logits(self, x_preprocessed: torch.Tensor) -> torch.Tensor:
         """
@@ -254,15 +214,7 @@ class LatentClassifier(PyTorchClassifier):
         wrapper = super()._make_model_wrapper(model)
         cls = getattr(self, "_logits_wrapper", None)
         if cls is None or cls.__base__ is not type(wrapper):
-            base = type(wrapper)
-            select = self.select_logits
-
-            def forward(wrapped: torch.nn.Module, x: torch.Tensor) -> list[Any]:
-                result = base.forward(wrapped, x)
-                result[-1] = select(result[-1])
-                return result
-
-            cls = type(base.__name__, (base,), {"forward": forward})
+            cls = logits_wrapper_class(type(wrapper), self.select_logits)
             self._logits_wrapper = cls
         wrapper.__class__ = cls
         return wrapper
@@ -293,16 +245,6 @@ class LatentClassifier(PyTorchClassifier):
     def _example_input(self) -> torch.Tensor:
         """A zeros batch of `input_shape`, in input space (before preprocessing)."""
         return torch.zeros((2, *self.input_shape), dtype=torch.float32, device=self._device)
-
-    def _check_layer_spec(self, spec: LayerSpec) -> None:
-        """Check the names of a layer specification without running the model (``"auto"`` waits for data)."""
-        items = [spec] if isinstance(spec, (str, type)) else spec
-        if isinstance(items, Sequence) and not isinstance(items, str):
-            explicit = [item for item in items if not (isinstance(item, str) and item == "auto")]
-            if explicit or not items:
-                resolve_layers(self.model, explicit, argument="layers")
-        else:
-            resolve_layers(self.model, spec, argument="layers")
 
     def trace(self, x_preprocessed: torch.Tensor | None = None, training: bool | None = None) -> ModelTrace:
         """
@@ -353,7 +295,7 @@ class LatentClassifier(PyTorchClassifier):
 
     @layers.setter
     def layers(self, spec: LayerSpec) -> None:
-        self._check_layer_spec(spec)
+        check_layer_spec(self.model, spec)
         self._layers = spec
         self._latent_layers = None
 
@@ -396,32 +338,8 @@ class LatentClassifier(PyTorchClassifier):
     ) -> list[str]:
         if layers is None:
             return list(self._ensure_layers(x_preprocessed))
-        items = [layers] if isinstance(layers, (str, int, type)) else list(layers)
-        modules = dict(self.model.named_modules())
-        names = []
-        for item in items:
-            if isinstance(item, bool) or not isinstance(item, (str, int, type)):
-                raise TypeError(
-                    f"`{argument}`: layers are given by name or pattern (str), module type, or index into "
-                    f"latent_layers (int), got {item!r}."
-                )
-            if isinstance(item, type) or item == "auto":
-                names.extend(self._resolve(item, x_preprocessed) if item == "auto" else resolve_layers(
-                    self.model, item, argument=argument))
-            elif isinstance(item, int):
-                latent = self._ensure_layers(x_preprocessed)
-                if not -len(latent) <= item < len(latent):
-                    raise ValueError(
-                        f"`{argument}`: layer index {item} out of range for {len(latent)} latent layers "
-                        f"(accepted: -{len(latent)} to {len(latent) - 1})."
-                    )
-                names.append(latent[item])
-            elif item in modules and item:
-                names.append(item)
-            else:
-                # a call reference, a glob pattern, or a clear ValueError
-                names.extend(resolve_layers(self.model, item, argument=argument))
-        return list(dict.fromkeys(names))
+        return select_layers(self.model, layers, latent=lambda: self._ensure_layers(x_preprocessed),
+                             auto=lambda: self._resolve("auto", x_preprocessed), argument=argument)
 
     # ----------------------------------------------------------------- forward
 
@@ -462,45 +380,11 @@ class LatentClassifier(PyTorchClassifier):
             for hooks, _slot in kept.values():
                 hooks.remove()
 
-    def _capture_into(self, slot: list[Any]) -> Callable[[str, Any], None]:
-        # slot = [store, versions] of the capture in progress, or [None, None] between captures.
-        def capture(ref: str, output: Any) -> None:
-            store, versions = slot
-            if store is None:
-                return
-            tensor = first_tensor(output)
-            if tensor is None:
-                raise TypeError(f"Layer {ref!r} returned {type(output).__name__}, which holds no tensor.")
-            if self._needs_copy(ref):
-                tensor = tensor.clone()
-            else:
-                versions[ref] = (tensor, tensor._version)
-            store[ref] = tensor
-
-        return capture
-
     @contextlib.contextmanager
-    def _hooked(self, names: list[str]) -> Iterator[tuple[dict[str, torch.Tensor], _Versions]]:
-        store: dict[str, torch.Tensor] = {}
-        versions: _Versions = {}
-        if self._kept is None:
-            with CallHooks(self.model, names, self._capture_into([store, versions]),
-                           roots=[self.model, self._model]):
-                yield store, versions
-            return
-        key = tuple(names)
-        if key not in self._kept:
-            slot: list[Any] = [None, None]
-            hooks = CallHooks(self.model, names, self._capture_into(slot), roots=[self.model, self._model])
-            hooks.__enter__()
-            self._kept[key] = (hooks, slot)
-        slot = self._kept[key][1]
-        outer = list(slot)
-        slot[:] = [store, versions]
-        try:
-            yield store, versions
-        finally:
-            slot[:] = outer
+    def _hooked(self, names: list[str]) -> Iterator[tuple[dict[str, torch.Tensor], Versions]]:
+        with record_outputs(self.model, names, self._needs_copy, roots=[self.model, self._model],
+                            kept=self._kept) as recorded:
+            yield recorded
 
     def forward_with_latents(
         self, x: torch.Tensor, layers: str | int | Sequence[str | int] | None = None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -271,3 +271,70 @@ def resolve_layers(
             raise ValueError(f"`{argument}` entries must be str or module types, got {type(item).__name__}.")
         result.extend(matched)
     return list(dict.fromkeys(result))
+
+
+def check_layer_spec(model: nn.Module, spec: LayerSpec, argument: str = "layers") -> None:
+    """
+    Check the names, patterns and types of a layer specification without running the model (``"auto"`` waits for
+    data).
+
+    :param model: The network.
+    :param spec: A specification (see :func:`resolve_layers`).
+    :param argument: The argument name for error messages.
+    :raises ValueError: As :func:`resolve_layers`, for every entry but ``"auto"``.
+    """
+    items = [spec] if isinstance(spec, (str, type)) else spec
+    if isinstance(items, Sequence) and not isinstance(items, str):
+        explicit = [item for item in items if not (isinstance(item, str) and item == "auto")]
+        if explicit or not items:
+            resolve_layers(model, explicit, argument=argument)
+    else:
+        resolve_layers(model, spec, argument=argument)
+
+
+def select_layers(
+    model: nn.Module,
+    layers: LayerSpec | int | Sequence[str | int | type],
+    latent: Callable[[], list[str]],
+    auto: Callable[[], list[str]],
+    argument: str = "layers",
+) -> list[str]:
+    """
+    Resolve a layer selection that may also hold indices into a classifier's resolved latent layers.
+
+    :param model: The network.
+    :param layers: A specification (see :func:`resolve_layers`), an int index into `latent`, or a list of these.
+    :param latent: The resolved latent layers (called only for an index).
+    :param auto: The layers of ``"auto"`` (called only when it is named).
+    :param argument: The argument name for error messages.
+    :return: Call references, in order, without duplicates.
+    :raises TypeError: If an entry is not a str, int or type.
+    :raises ValueError: If an index is out of range, or as :func:`resolve_layers`.
+    """
+    items = [layers] if isinstance(layers, (str, int, type)) else list(layers)
+    modules = dict(model.named_modules())
+    names = []
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, (str, int, type)):
+            raise TypeError(
+                f"`{argument}`: layers are given by name or pattern (str), module type, or index into "
+                f"latent_layers (int), got {item!r}."
+            )
+        if isinstance(item, type):
+            names.extend(resolve_layers(model, item, argument=argument))
+        elif item == "auto":
+            names.extend(auto())
+        elif isinstance(item, int):
+            resolved = latent()
+            if not -len(resolved) <= item < len(resolved):
+                raise ValueError(
+                    f"`{argument}`: layer index {item} out of range for {len(resolved)} latent layers "
+                    f"(accepted: -{len(resolved)} to {len(resolved) - 1})."
+                )
+            names.append(resolved[item])
+        elif item in modules and item:
+            names.append(item)
+        else:
+            # a call reference, a glob pattern, or a clear ValueError
+            names.extend(resolve_layers(model, item, argument=argument))
+    return list(dict.fromkeys(names))

@@ -106,74 +106,94 @@ def _fgsm(clf: Any, eps: float = 16 / 255) -> Any:
     return FastGradientMethod(clf, eps=eps, batch_size=4096)
 
 
-def _cases() -> list[Case]:
-    from art_latent import trainers as T
+def _simple_case(name: str, make: Callable[[type, Any], Any], description: str) -> Callable[[type], list[Case]]:
+    """One case: one step of ``make(trainer class, classifier)``."""
+    return lambda cls: [Case(name, lambda c, x, y: _trainer_step(make(cls, c), x, y), description)]
 
-    cases = [
-        Case("plain", lambda c, x, y: _trainer_step(T.LatentTrainer(c), x, y), "cross-entropy (LatentTrainer)"),
+
+def _plain_cases(cls: type) -> list[Case]:
+    return [
+        Case("plain", lambda c, x, y: _trainer_step(cls(c), x, y), "cross-entropy (LatentTrainer)"),
         Case("art_adversarial_fgsm", _art_adversarial_trainer, "ART AdversarialTrainer, FGSM 16/255, ratio 1"),
+    ]
+
+
+def _hldr_cases(cls: type) -> list[Case]:
+    return [
         Case(
             "hldr_precomputed",
-            lambda c, x, y: _trainer_step(T.HLDRTrainer(c, _fgsm(c), budgets=(16 / 255,), validation_attack=None), x,
-                                          y),
+            lambda c, x, y: _trainer_step(cls(c, _fgsm(c), budgets=(16 / 255,), validation_attack=None), x, y),
             "HLDR, pairs precomputed (one pair per sample)",
         ),
         Case(
             "hldr_paper_budgets",
-            lambda c, x, y: _trainer_step(T.HLDRTrainer(c, _fgsm(c), validation_attack=None), x, y, mixed=True),
+            lambda c, x, y: _trainer_step(cls(c, _fgsm(c), validation_attack=None), x, y, mixed=True),
             "HLDR, the paper's budgets 0, 16/255, 32/255 (budget-0 pairs skip the second forward)",
         ),
         Case(
             "hldr_paper_budgets_all_pairs",
-            lambda c, x, y: _trainer_step(T.HLDRTrainer(c, _fgsm(c), validation_attack=None, skip_benign_pairs=False),
+            lambda c, x, y: _trainer_step(cls(c, _fgsm(c), validation_attack=None, skip_benign_pairs=False),
                                           x, y, mixed=True),
             "HLDR, the paper's budgets, every pair forwarded (skip_benign_pairs=False, the authors' code)",
         ),
         Case(
             "hldr_online_fgsm",
             lambda c, x, y: _trainer_step(
-                T.HLDRTrainer(c, _fgsm(c), budgets=(16 / 255,), regenerate="batch", validation_attack=None), x, y
+                cls(c, _fgsm(c), budgets=(16 / 255,), regenerate="batch", validation_attack=None), x, y
             ),
             "HLDR, FGSM pair generated every batch (torch fast path)",
         ),
     ]
-    optional = [
-        ("fimr", "FIMRTrainer", lambda cls, c: cls(c), "FIMR"),
-        ("agnt", "GaussianNoiseTrainer", lambda cls, c: cls(c), "Gaussian-noise training"),
-        ("stability", "StabilityTrainer", lambda cls, c: cls(c), "stability training"),
-        ("afd", "AFDTrainer", lambda cls, c: cls(c, _fgsm(c)), "AFD (FGSM attack)"),
-        ("layerwise_orig", "LayerwisePerturbationTrainer", lambda cls, c: cls(c), "layerwise perturbation, orig"),
-        ("atlr", "ATLRTrainer", lambda cls, c: cls(c, _fgsm(c), layers=c.latent_layers[:2]), "AT-LR (FGSM)"),
+
+
+def _deep_defense_cases(cls: type) -> list[Case]:
+    return [
+        Case("deep_defense", lambda c, x, y: _deep_defense_step(cls, c, x, y),
+             "Deep Defense (5 DeepFool iterations, every class a candidate; labels: the model's predictions)"),
+        Case("deep_defense_top3", lambda c, x, y: _deep_defense_step(cls, c, x, y, candidates=3),
+             "Deep Defense with DeepFool on the 3 highest clean logits (candidates=3)"),
     ]
-    for name, class_name, make, description in optional:
-        cls = getattr(T, class_name, None)
-        if cls is None:
-            logger.warning("%s is not available; skipped.", class_name)
+
+
+#: The cases of each registered trainer (:mod:`art_latent.registries.trainers`), by its entry's key: a function of
+#: the trainer class. Cases are timed in registry order; a registered trainer without cases here is not timed.
+CASES_BY_KEY: dict[str, Callable[[type], list[Case]]] = {
+    "plain": _plain_cases,
+    "hldr": _hldr_cases,
+    "fimr": _simple_case("fimr", lambda cls, c: cls(c), "FIMR"),
+    "agnt": _simple_case("agnt", lambda cls, c: cls(c), "Gaussian-noise training"),
+    "stability": _simple_case("stability", lambda cls, c: cls(c), "stability training"),
+    "afd": _simple_case("afd", lambda cls, c: cls(c, _fgsm(c)), "AFD (FGSM attack)"),
+    "deep_defense": _deep_defense_cases,
+    "layerwise": _simple_case("layerwise_orig", lambda cls, c: cls(c), "layerwise perturbation, orig"),
+    "atlr": _simple_case("atlr", lambda cls, c: cls(c, _fgsm(c), layers=c.latent_layers[:2]), "AT-LR (FGSM)"),
+}
+
+
+def _cases() -> list[Case]:
+    """The cases of every registered trainer that :data:`CASES_BY_KEY` knows, in registry order."""
+    from art_latent.registries.trainers import trainer_entries
+
+    cases = []
+    for entry in trainer_entries().values():
+        make = CASES_BY_KEY.get(entry.key)
+        if make is None:
+            logger.info("%s (registry key %r) has no benchmark case; not timed.", entry.name, entry.key)
             continue
-        cases.append(Case(name, lambda c, x, y, cls=cls, make=make: _trainer_step(make(cls, c), x, y), description))
-    if hasattr(T, "DeepDefenseTrainer"):
-        at = next(i for i, c in enumerate(cases) if c.name == "afd") + 1
-        cases[at:at] = [
-            Case("deep_defense", _deep_defense_step,
-                 "Deep Defense (5 DeepFool iterations, every class a candidate; labels: the model's predictions)"),
-            Case("deep_defense_top3", lambda c, x, y: _deep_defense_step(c, x, y, candidates=3),
-                 "Deep Defense with DeepFool on the 3 highest clean logits (candidates=3)"),
-        ]
+        cases.extend(make(entry.load()))
     return cases
 
 
-def _deep_defense_step(clf: Any, x: torch.Tensor, y: torch.Tensor, candidates: int | None = None
+def _deep_defense_step(cls: type, clf: Any, x: torch.Tensor, y: torch.Tensor, candidates: int | None = None
                        ) -> Callable[[], None]:
     # With random labels nearly every sample of the untrained model is misclassified, its DeepFool distance to the
     # random label is thousands of times |x| and the regularizer's exp(d * ratio) diverges in the first step (the
     # NaN guard stops it). Labelling the batch with the model's own predictions keeps every step finite and times
     # the costlier branch (correctly classified samples search every candidate class).
-    from art_latent.trainers import DeepDefenseTrainer
-
     with torch.no_grad():
         clf.model.eval()
         labels = clf.model(x).argmax(1)
-    step = _trainer_step(DeepDefenseTrainer(clf, candidates=candidates), x, labels)
+    step = _trainer_step(cls(clf, candidates=candidates), x, labels)
     # Steps repeated on one batch drive this model through very different DeepFool regimes (all samples fooled after
     # 2 steps at one point, none before the 5th at another), so the timing would depend on the trajectory: every
     # timed step starts from the same weights and optimizer state (a load_state_dict: milliseconds against seconds).

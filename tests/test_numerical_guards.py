@@ -309,16 +309,16 @@ def test_fp16_loss_scale_collapse_is_reported(tiny_classifier, tiny_data):
 
 
 def test_capture_hooks_are_registered_once_per_fit_not_per_step(tiny_data, monkeypatch):
-    from art_latent import estimator
+    from art_latent import capture
 
     entered = {"n": 0}
-    original = estimator.CallHooks.__enter__
+    original = capture.CallHooks.__enter__
 
     def counting(self):
         entered["n"] += 1
         return original(self)
 
-    monkeypatch.setattr(estimator.CallHooks, "__enter__", counting)
+    monkeypatch.setattr(capture.CallHooks, "__enter__", counting)
     counts = []
     for epochs in (1, 3):
         entered["n"] = 0

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from art_latent.experiments import protocol
+from art_latent.experiments import pretraining, protocol
 from art_latent.io import sha256_file
 from art_latent.trainers.checkpoint import plain, save_atomic
 
@@ -46,12 +46,12 @@ def _crafted(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_a_crafted_pretrained_file_is_never_deserialized_as_code(tmp_path):
     path, marker = _crafted(tmp_path)
-    assert protocol._load_pretrained(path, "d") is None  # no sidecar: not even opened
+    assert pretraining.load_pretrained(path, "d") is None  # no sidecar: not even opened
     sidecar = path.with_name(path.name + ".json")
     sidecar.write_text(json.dumps({"digest": "d", "sha256": "0" * 64}))
-    assert protocol._load_pretrained(path, "d") is None  # wrong hash
+    assert pretraining.load_pretrained(path, "d") is None  # wrong hash
     sidecar.write_text(json.dumps({"digest": "d", "sha256": sha256_file(path)}))
-    assert protocol._load_pretrained(path, "d") is None  # a matching sidecar: read with weights_only=True, refused
+    assert pretraining.load_pretrained(path, "d") is None  # a matching sidecar: read with weights_only=True, refused
     assert not marker.exists()
 
 
@@ -60,9 +60,9 @@ def test_verified_cached_weights_round_trip(tmp_path):
     state = {"w": torch.arange(3.0)}
     save_atomic(plain({"digest": "d", "state_dict": state, "info": {"epochs": 1}}), path)
     path.with_name(path.name + ".json").write_text(json.dumps({"digest": "d", "sha256": sha256_file(path)}))
-    loaded = protocol._load_pretrained(path, "d")
+    loaded = pretraining.load_pretrained(path, "d")
     assert loaded is not None and torch.equal(loaded[0]["w"], state["w"]) and loaded[1] == {"epochs": 1}
-    assert protocol._load_pretrained(path, "other settings") is None
+    assert pretraining.load_pretrained(path, "other settings") is None
 
 
 # ---------------------------------------------------------------------------------------------------- configurations

@@ -3,6 +3,8 @@ Preprocessing defences (ART ``PreprocessorPyTorch``) and their trainers: the fea
 baselines.
 """
 
-from art_latent.defences.denoiser import DenoiserTrainer, DenoisingUNet, FeatureGuidedDenoiser
+from art_latent.defences.denoiser import DenoiserTrainer
+from art_latent.defences.feature_guided import FeatureGuidedDenoiser
+from art_latent.defences.unet import DenoisingUNet
 
 __all__ = ["DenoiserTrainer", "DenoisingUNet", "FeatureGuidedDenoiser"]

@@ -1,6 +1,8 @@
 """
-The feature-guided denoiser (HGD, Liao et al. 2018), a baseline of paper 000: an ART ``PreprocessorPyTorch`` that
-white-box attacks differentiate through, and :class:`DenoiserTrainer`, which trains it with the classifier frozen.
+:class:`DenoiserTrainer`: trains the feature-guided denoiser (HGD, Liao et al. 2018), a baseline of paper 000, with
+the classifier frozen. The denoiser itself is :class:`~art_latent.defences.feature_guided.FeatureGuidedDenoiser` (an
+ART ``PreprocessorPyTorch``) around a :class:`~art_latent.defences.unet.DenoisingUNet`; both are importable from here
+too, as before.
 """
 
 from __future__ import annotations
@@ -8,15 +10,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
-from art.defences.preprocessor.preprocessor import PreprocessorPyTorch
 from art.estimators.classification.pytorch import PyTorchClassifier
 from torch import nn
 
+from art_latent.defences.feature_guided import FeatureGuidedDenoiser
+from art_latent.defences.unet import DenoisingUNet
 from art_latent.estimator import LatentClassifier
 from art_latent.perturbations import GaussianNoiseSource, PerturbationSource, budget_pairs
 from art_latent.regularizers.disparity import NORMALIZATIONS, latent_disparity
@@ -27,211 +29,11 @@ from art_latent.validation import check_budget_units, check_choice, check_int, c
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["DenoiserTrainer", "DenoisingUNet", "FeatureGuidedDenoiser"]
+
 REGENERATE = ("never", "epoch", "batch")
 LAST_CONV = "last_conv"
 LOGITS = "logits"
-
-
-def _conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> list[nn.Module]:
-    return [
-        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    ]
-
-
-class DenoisingUNet(nn.Module):
-    """
-    A small U-Net that estimates the noise of its input (Liao et al.'s DUNET, scaled down for 28x28/32x32 images).
-
-    Encoder: a block of two ``conv3x3-BN-ReLU`` at full resolution, then `depth` blocks that halve the resolution with
-    a stride-2 convolution (channels ``width * 2**level``). Decoder: per level, upsampling (nearest) to the skip
-    connection's size, concatenation with it, two ``conv3x3-BN-ReLU``. A linear ``1x1`` convolution maps back to the
-    input channels. Any input size works (odd sizes included).
-    """
-
-    def __init__(self, in_channels: int = 1, width: int = 32, depth: int = 2, identity_init: bool = True) -> None:
-        """
-        :param in_channels: Channels of the images (1 for Fashion-MNIST, 3 for CIFAR-10).
-        :param width: Channels of the full-resolution level; level ``l`` has ``width * 2**l``.
-        :param depth: Number of down-/up-sampling levels (>= 1).
-        :param identity_init: Zero the output convolution, so the untrained denoiser is the identity
-                              (:math:`D(x) = 0`) and fine-tuning starts from the undefended classifier.
-        """
-        super().__init__()
-        self.in_channels = check_int("in_channels", in_channels)
-        self.width = check_int("width", width)
-        self.depth = check_int("depth", depth)
-        channels = [self.width * 2**level for level in range(self.depth + 1)]
-        self.encoder = nn.ModuleList([nn.Sequential(*_conv_bn_relu(self.in_channels, channels[0]),
-                                                    *_conv_bn_relu(channels[0], channels[0]))])
-        for level in range(1, self.depth + 1):
-            self.encoder.append(nn.Sequential(*_conv_bn_relu(channels[level - 1], channels[level], stride=2),
-                                              *_conv_bn_relu(channels[level], channels[level])))
-        self.decoder = nn.ModuleList()
-        for level in range(self.depth, 0, -1):
-            merged, out = channels[level] + channels[level - 1], channels[level - 1]
-            self.decoder.append(nn.Sequential(*_conv_bn_relu(merged, out), *_conv_bn_relu(out, out)))
-        self.output = nn.Conv2d(channels[0], self.in_channels, 1)
-        if identity_init:
-            nn.init.zeros_(self.output.weight)
-            assert self.output.bias is not None  # a Conv2d built with its default bias=True
-            nn.init.zeros_(self.output.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """
-        :param x: Images ``(n, in_channels, h, w)``.
-        :return: The noise estimate :math:`D(x)`, same shape.
-        """
-        skips = []
-        h = x
-        for block in self.encoder:
-            h = block(h)
-            skips.append(h)
-        h = skips.pop()
-        for block in self.decoder:
-            skip = skips.pop()
-            h = nn.functional.interpolate(h, size=skip.shape[-2:], mode="nearest")
-            h = block(torch.cat([h, skip], dim=1))
-        return self.output(h)
-
-
-class FeatureGuidedDenoiser(PreprocessorPyTorch):
-    r"""
-    The high-level-representation guided denoiser of Liao et al. (2018) as an ART preprocessing defence:
-
-    .. math::
-        \hat{x} = x - D(x)
-
-    with :math:`D` a :class:`DenoisingUNet` that estimates the adversarial noise. Everything is torch, so
-    ``PyTorchClassifier(..., preprocessing_defences=[denoiser])`` (or a :class:`~art_latent.estimator.LatentClassifier`)
-    back-propagates through :math:`D`: ``loss_gradient`` and every white-box attack see the defended model, with no
-    gradient masking. ``apply_fit=False``: ART's own ``fit`` of the classifier skips it; ``apply_predict=True``:
-    ``predict``, ``loss_gradient`` and the attacks apply it. Train it with :class:`DenoiserTrainer`.
-
-    The network starts in eval mode (BatchNorm running statistics, so one input's output does not depend on the rest
-    of the batch); :class:`DenoiserTrainer` switches it to train mode during ``fit`` only.
-
-    | Paper link: https://arxiv.org/abs/1712.02976 (Liao et al.); paper 000: https://arxiv.org/abs/2110.05419
-    """
-
-    params = ["clip_values"]
-
-    def __init__(
-        self,
-        in_channels: int = 1,
-        width: int = 32,
-        depth: int = 2,
-        clip_values: tuple[float, float] | None = None,
-        identity_init: bool = True,
-        device_type: str = "gpu",
-    ) -> None:
-        """
-        :param in_channels: Channels of the images (channels first).
-        :param width: Channels of the U-Net's full-resolution level (see :class:`DenoisingUNet`).
-        :param depth: Down-/up-sampling levels of the U-Net.
-        :param clip_values: Optional ``(min, max)`` to clip :math:`\\hat{x}` to (``None``: no clipping, as Liao et
-                            al.; clipping zeroes the gradient where it saturates).
-        :param identity_init: Start as the identity (zeroed output convolution).
-        :param device_type: ``"gpu"`` (CUDA when available) or ``"cpu"``.
-        """
-        if device_type not in ("gpu", "cpu"):
-            raise ValueError(f"`device_type` must be 'gpu' or 'cpu', got {device_type!r}.")
-        super().__init__(device_type=device_type, is_fitted=False, apply_fit=False, apply_predict=True)
-        self.clip_values = clip_values
-        self._check_params()
-        self.network = DenoisingUNet(in_channels, width, depth, identity_init).to(self._device)
-        self.network.eval()
-
-    def _check_params(self) -> None:
-        if self.clip_values is not None:
-            if len(self.clip_values) != 2 or not all(isinstance(v, (int, float)) for v in self.clip_values):
-                raise ValueError(f"`clip_values` must be None or a (min, max) pair, got {self.clip_values!r}.")
-            if not self.clip_values[0] < self.clip_values[1]:
-                raise ValueError(f"`clip_values` must have min < max, got {self.clip_values!r}.")
-
-    @property
-    def config(self) -> dict[str, Any]:
-        """The constructor arguments that rebuild this denoiser (``device_type`` aside)."""
-        net = self.network
-        return {"in_channels": net.in_channels, "width": net.width, "depth": net.depth,
-                "clip_values": None if self.clip_values is None else tuple(float(v) for v in self.clip_values)}
-
-    def forward(self, x: torch.Tensor, y: Any = None) -> tuple[torch.Tensor, Any]:
-        """
-        Denoise a batch: :math:`\\hat{x} = x - D(x)` (clipped to `clip_values` when set), differentiable.
-
-        :param x: Images ``(n, in_channels, h, w)`` on :attr:`device`.
-        :param y: Labels, returned unchanged.
-        :return: ``(x_hat, y)``.
-        """
-        x_hat = x - self.network(x)
-        if self.clip_values is not None:
-            x_hat = x_hat.clamp(self.clip_values[0], self.clip_values[1])
-        return x_hat, y
-
-    # ------------------------------------------------------------------ torch helpers
-
-    def parameters(self) -> Iterator[nn.Parameter]:
-        """The denoiser network's parameters (for an optimizer)."""
-        return self.network.parameters()
-
-    def to(self, device: torch.device | str) -> FeatureGuidedDenoiser:
-        """
-        Move the network to `device` (and record it as the preprocessor's device).
-
-        :param device: A torch device.
-        :return: This denoiser.
-        """
-        self._device = torch.device(device)
-        self.network.to(self._device)
-        return self
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """The network's ``state_dict``."""
-        return self.network.state_dict()
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """
-        Load network weights (e.g. from :meth:`state_dict`).
-
-        :param state: A ``state_dict`` of a network with the same configuration.
-        """
-        self.network.load_state_dict(state)
-        self._is_fitted = True
-
-    def save(self, path: str | os.PathLike) -> None:
-        """
-        Save the denoiser alone (configuration and weights, no classifier) for :meth:`load`.
-
-        :param path: The file to write (``torch.save`` format).
-        """
-        from art_latent.io import atomic_path
-
-        with atomic_path(path) as tmp:
-            torch.save({"config": self.config, "state_dict": self.network.state_dict(), "is_fitted": self.is_fitted},
-                       tmp)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, device_type: str = "gpu") -> FeatureGuidedDenoiser:
-        """
-        Rebuild a denoiser written by :meth:`save`.
-
-        :param path: The file.
-        :param device_type: ``"gpu"`` or ``"cpu"``.
-        :return: The denoiser, in eval mode.
-        """
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        config = dict(state["config"])
-        if config.get("clip_values") is not None:
-            config["clip_values"] = tuple(config["clip_values"])
-        denoiser = cls(**config, identity_init=False, device_type=device_type)
-        denoiser.network.load_state_dict(state["state_dict"])
-        denoiser._is_fitted = bool(state.get("is_fitted", True))
-        return denoiser
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.config.items())}, device={self.device})"
 
 
 class DenoiserTrainer(LatentTrainer):

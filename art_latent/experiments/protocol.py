@@ -13,6 +13,10 @@ The k-fold fine-tuning protocol of paper 000 (Schwartz & Ditzler, IJCNN 2021, §
 
 Every random choice is seeded from the configuration, per fold, so a resumed run produces the same numbers as an
 uninterrupted one (on CPU; timings aside).
+
+This module runs the folds (:func:`run_benchmark`, :func:`run_fold`, :func:`run_job`); the data and its splits are
+in :mod:`art_latent.experiments.pool`, the model and its pre-training in :mod:`art_latent.experiments.pretraining`
+(their names are importable from here too, as before).
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,281 +33,21 @@ import numpy as np
 
 from art_latent.experiments.config import ExperimentConfig
 from art_latent.experiments.paths import FOLD_DIR, fold_path
+from art_latent.experiments.pool import Pool, Splits, fold_data, fold_seed, load_pool, make_splits, seed_everything
+from art_latent.experiments.pretraining import PRETRAINED, make_classifier, new_model, pretrain
 from art_latent.experiments.registry import (
     build_attack,
     resolve_function,
     resolve_kwargs,
-    resolve_object,
     resolve_trainer,
 )
-from art_latent.io import safe_load, sha256_file, write_json
+from art_latent.io import write_json
 from art_latent.registries.trainers import trainer_entry_for
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Pool", "Splits", "fold_data", "fold_path", "load_pool", "make_classifier", "make_splits", "new_model",
            "pretrain", "run_benchmark", "run_fold"]
-
-PRETRAINED = "pretrained.pt"
-
-
-@dataclass(frozen=True)
-class Pool:
-    """The data the protocol splits: images ``(N, C, H, W)`` float32 in [0, 1] and int64 labels."""
-
-    x: np.ndarray
-    y: np.ndarray
-    class_names: tuple[str, ...]
-    source: str
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        """Shape of one image."""
-        return tuple(int(d) for d in self.x.shape[1:])
-
-    @property
-    def nb_classes(self) -> int:
-        """Number of classes."""
-        return len(self.class_names)
-
-
-@dataclass(frozen=True)
-class Splits:
-    """Indices into the pool: pre-training (and its validation part) and, per fold, ``(train part, test part)``."""
-
-    pretrain: np.ndarray
-    validation: np.ndarray
-    folds: tuple[tuple[np.ndarray, np.ndarray], ...]
-
-
-def load_pool(config: ExperimentConfig) -> Pool:
-    """
-    Load the data set of ``[data]`` and pool its parts (``"train+test"``, as the paper) or take the training part.
-
-    :param config: The configuration.
-    :return: The pool (optionally a stratified subset of ``limit`` samples).
-    """
-    from sklearn.model_selection import train_test_split
-
-    from art_latent.data import load_dataset
-
-    spec = config.data
-    data = load_dataset(spec.dataset, spec.path or None)
-    if spec.pool == "train+test":
-        x, y = np.concatenate([data.x_train, data.x_test]), np.concatenate([data.y_train, data.y_test])
-    else:
-        x, y = data.x_train, data.y_train
-    if spec.limit and spec.limit < len(y):
-        keep, _ = train_test_split(np.arange(len(y)), train_size=spec.limit, stratify=y, random_state=config.seed)
-        keep = np.sort(keep)
-        x, y = x[keep], y[keep]
-    return Pool(np.ascontiguousarray(x, dtype=np.float32), y.astype(np.int64), tuple(data.class_names), data.source)
-
-
-def make_splits(config: ExperimentConfig, y: np.ndarray) -> Splits:
-    """
-    Draw the pre-training subset and the stratified folds of the rest.
-
-    :param config: The configuration.
-    :param y: Labels of the pool.
-    :return: The splits.
-    :raises ValueError: If the pool is too small for the requested sizes.
-    """
-    from sklearn.model_selection import StratifiedKFold, train_test_split
-
-    n, k = len(y), config.protocol.folds
-    samples = config.pretrain.samples
-    if samples >= n:
-        raise ValueError(f"[pretrain].samples = {samples} leaves nothing of the pool of {n} samples for the folds.")
-    indices = np.arange(n)
-    pretrain_idx, rest = train_test_split(indices, train_size=samples, stratify=y, random_state=config.seed)
-    validation = np.empty(0, dtype=np.int64)
-    fraction = config.pretrain.validation_fraction
-    if fraction > 0:
-        pretrain_idx, validation = train_test_split(pretrain_idx, test_size=fraction, stratify=y[pretrain_idx],
-                                                    random_state=config.seed)
-    counts = np.bincount(y[rest])
-    if counts[counts > 0].min() < k:
-        raise ValueError(f"The {len(rest)} samples left after pre-training have a class with {counts.min()} samples, "
-                         f"fewer than the {k} folds: lower [protocol].folds or [pretrain].samples.")
-    rest = np.sort(rest)
-    folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=config.seed).split(rest, y[rest])
-    return Splits(np.sort(pretrain_idx), np.sort(validation),
-                  tuple((rest[train], rest[test]) for train, test in folds))
-
-
-def fold_data(config: ExperimentConfig, pool: Pool, splits: Splits, fold: int) -> dict[str, np.ndarray]:
-    """
-    The fine-tuning and test data of a fold: ``finetune_samples`` drawn (stratified) from the fold's training part,
-    the test part (capped at ``test_samples``), and the noisy copies of the fine-tuning samples for ``D_N``.
-
-    :param config: The configuration.
-    :param pool: The pool.
-    :param splits: The splits.
-    :param fold: Fold index.
-    :return: ``{"x_ft", "y_ft", "x_noisy", "x_test", "y_test"}``.
-    """
-    from sklearn.model_selection import train_test_split
-
-    train, test = splits.folds[fold]
-    seed = fold_seed(config, fold)
-    n_ft, n_test = config.protocol.finetune_samples, config.protocol.test_samples
-    if n_ft and n_ft < len(train):
-        train, _ = train_test_split(train, train_size=n_ft, stratify=pool.y[train], random_state=seed)
-    if n_test and n_test < len(test):
-        test, _ = train_test_split(test, train_size=n_test, stratify=pool.y[test], random_state=seed)
-    train, test = np.sort(train), np.sort(test)
-    x_ft = pool.x[train]
-    rng = np.random.default_rng(seed)
-    sigma = config.protocol.noise_sigma_255 / 255.0
-    noise = rng.standard_normal(x_ft.shape).astype(np.float32) * np.float32(sigma)
-    x_noisy = np.clip(x_ft + noise, 0.0, 1.0).astype(np.float32)
-    return {"x_ft": x_ft, "y_ft": pool.y[train], "x_noisy": x_noisy, "x_test": pool.x[test], "y_test": pool.y[test]}
-
-
-def fold_seed(config: ExperimentConfig, fold: int) -> int:
-    """The seed of everything random in a fold (data draws, noise, shuffling, attacks' random starts)."""
-    return config.seed + 1 + fold
-
-
-def _seed_everything(seed: int) -> None:
-    import torch
-
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-
-
-def new_model(config: ExperimentConfig, pool: Pool) -> Any:
-    """
-    Build the model of ``[model]`` for the pool's input shape and classes.
-
-    :param config: The configuration.
-    :param pool: The pool.
-    :return: A ``torch.nn.Module``.
-    """
-    from art_latent.models import build_model
-
-    spec = config.model
-    if ":" in spec.name:
-        import torch
-
-        return resolve_object(spec.name, torch.nn.Module)(**spec.kwargs)
-    kwargs = {"in_channels": pool.input_shape[0], "num_classes": pool.nb_classes, "input_size": pool.input_shape[1],
-              **spec.kwargs}
-    return build_model(spec.name, **kwargs)
-
-
-def make_classifier(config: ExperimentConfig, model: Any, pool: Pool) -> Any:
-    """
-    Wrap `model` in a :class:`~art_latent.estimator.LatentClassifier` with a fresh optimizer of ``[optimizer]``.
-
-    :param config: The configuration.
-    :param model: The network.
-    :param pool: The pool (input shape, classes).
-    :return: The classifier.
-    """
-    import torch
-
-    from art_latent.estimator import LatentClassifier
-
-    spec = config.optimizer
-    optimizer = getattr(torch.optim, spec.name)(model.parameters(), lr=spec.lr, **spec.kwargs)
-    return LatentClassifier(model, torch.nn.CrossEntropyLoss(), pool.input_shape, pool.nb_classes,
-                            optimizer=optimizer, clip_values=(0.0, 1.0), device_type=config.device,
-                            layers=config.model.layers)
-
-
-def pretrain(
-    config: ExperimentConfig, pool: Pool, splits: Splits, out: Path | None = None, verbose: bool = True
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """
-    Pre-train the model on the pre-training subset (plain cross-entropy), or load the weights a previous run with
-    the same data, model, optimizer, pre-training settings and seed saved in ``out/pretrained.pt``.
-
-    With ``patience > 0`` training stops when the validation loss has not improved for ``patience`` epochs (the
-    paper: 100 epochs of stagnation, at most 1000 epochs); the weights of the best validation loss are kept.
-
-    :param config: The configuration.
-    :param pool: The pool.
-    :param splits: The splits.
-    :param out: Run directory for the cached weights (``None``: no cache).
-    :param verbose: Progress bars.
-    :return: ``(state_dict on the CPU, info)`` with info ``{"epochs", "best_epoch", "history", "seconds"}``.
-    """
-    from art_latent.trainers.base import LatentTrainer
-
-    digest = config.digest("seed", "device", "data", "model", "optimizer", "pretrain")
-    path = None if out is None else Path(out) / PRETRAINED
-    if path is not None and path.exists():
-        cached = _load_pretrained(path, digest)
-        if cached is not None:
-            logger.info("Loaded the pre-trained weights from %s.", path)
-            return cached
-        logger.info("%s was made with other settings, or could not be verified: pre-training again.", path)
-    started = time.perf_counter()
-    _seed_everything(config.seed)
-    model = new_model(config, pool)
-    clf = make_classifier(config, model, pool)
-    spec = config.pretrain
-    validation = None
-    if len(splits.validation):
-        validation = (pool.x[splits.validation], pool.y[splits.validation])
-    best: dict[str, Any] = {"loss": float("inf"), "epoch": 0, "state": None, "wait": 0}
-
-    def keep_best(_trainer: Any, epoch: int, logs: dict[str, float]) -> bool:
-        if validation is None:
-            return False
-        if logs["val_loss"] < best["loss"]:
-            best.update(loss=logs["val_loss"], epoch=epoch + 1, wait=0,
-                        state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
-        else:
-            best["wait"] += 1
-        return bool(spec.patience) and best["wait"] >= spec.patience
-
-    if verbose:
-        print(f"Pre-training {config.model.name} on {len(splits.pretrain)} samples for up to {spec.epochs} epochs")
-    trainer = LatentTrainer(clf, seed=config.seed)
-    history = trainer.fit(pool.x[splits.pretrain], pool.y[splits.pretrain], validation_data=validation,
-                          batch_size=spec.batch_size, nb_epochs=spec.epochs, callbacks=[keep_best], verbose=verbose)
-    state = best["state"] or {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    info = {"epochs": len(history), "best_epoch": best["epoch"] or len(history),
-            "history": [{k: v for k, v in h.items() if k != "time_s"} for h in history],
-            "seconds": time.perf_counter() - started}
-    if path is not None:
-        from art_latent.weights import save_weights
-
-        save_weights(path, state, model=config.model.name, model_kwargs=config.model.kwargs,
-                     dataset=config.data.dataset, input_shape=pool.input_shape, nb_classes=pool.nb_classes,
-                     digest=digest, info=info)
-        write_json({"digest": digest, "sha256": sha256_file(path)}, path.with_name(path.name + ".json"))
-    return state, info
-
-
-def _load_pretrained(path: Path, digest: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """
-    The cached pre-trained weights, if their sidecar ``pretrained.pt.json`` names this configuration's digest and
-    the file's SHA-256: both are checked before the file is read, and it is read with ``weights_only=True``, so a
-    crafted file in the output directory is never deserialized as code.
-    """
-    import json
-
-    sidecar = path.with_name(path.name + ".json")
-    try:
-        meta = json.loads(sidecar.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(meta, dict) or meta.get("digest") != digest or meta.get("sha256") != sha256_file(path):
-        return None
-    try:
-        saved = safe_load(path)
-    except (OSError, ValueError) as error:  # any unpickling refusal: retrain rather than trust the file
-        logger.warning("Ignoring %s: %s", path, error)
-        return None
-    if not isinstance(saved, dict):
-        return None
-    if saved.get("digest") != digest or not isinstance(saved.get("state_dict"), dict):
-        return None
-    return saved["state_dict"], saved["info"]
 
 
 def _order_jobs(config: ExperimentConfig) -> list[tuple[str, Any]]:
@@ -377,7 +120,7 @@ def run_job(
     Keyword arguments in the configuration take precedence.
 
     :param config: The configuration.
-    :param defense: The :class:`~art_latent.experiments.config.DefenseSpec`.
+    :param defense: The :class:`~art_latent.experiments.specs.DefenseSpec`.
     :param pair_set: ``"D"`` or ``"D_N"``.
     :param pool: The pool.
     :param pretrained: The pre-trained ``state_dict``.
@@ -387,7 +130,7 @@ def run_job(
     :return: ``(the defended classifier, training record)``.
     """
     cls = resolve_trainer(defense.trainer)
-    _seed_everything(seed)
+    seed_everything(seed)
     model = new_model(config, pool)
     model.load_state_dict(pretrained)
     clf = make_classifier(config, model, pool)
@@ -468,7 +211,7 @@ def run_fold(
         is_reference = defense.name == reference and transfer is None
         if is_reference and "transfer" in report.attacks:
             transfer = report.transfer_examples(clf, data["x_test"], data["y_test"])
-        _seed_everything(seed)
+        seed_everything(seed)
         evaluation = report.evaluate_model(clf, data["x_test"], data["y_test"], transfer,
                                            is_reference=defense.name == reference, name=defense.name)
         timing = evaluation.pop("timing")

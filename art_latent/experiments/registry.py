@@ -309,7 +309,7 @@ def check_trainer_kwargs(cls: type, kwargs: Mapping[str, Any]) -> None:
 
 def build_attack(spec: Any, classifier: Any, batch_size: int = 256) -> Any:
     """
-    Build the ART attack of an :class:`~art_latent.experiments.config.AttackSpec` on `classifier`.
+    Build the ART attack of an :class:`~art_latent.experiments.specs.AttackSpec` on `classifier`.
 
     :param spec: The attack specification (``name``, ``eps_255``, ``eps_step_255``, ``kwargs``).
     :param classifier: The estimator to attack.

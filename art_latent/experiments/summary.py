@@ -47,7 +47,7 @@ def _difference(a: Sequence[float | None], b: Sequence[float | None]) -> list[fl
 def _check_saved_config(saved: Any, path: Path) -> None:
     # The names in a run directory's config.json become file names and table keys: hold them to the rules they met
     # when the run was configured (a crafted file must not lead a write out of the directory).
-    from art_latent.experiments.config import PAIR_SETS
+    from art_latent.experiments.specs import PAIR_SETS
 
     def fail(message: str) -> None:
         raise ValueError(f"{path} is not a configuration written by `art-latent benchmark`: {message}.")

@@ -2,7 +2,8 @@
 Checkpoint files of :class:`~art_latent.trainers.base.LatentTrainer`: atomic writes, safe loading, RNG states.
 
 A checkpoint holds only tensors and plain Python containers and numbers, so it is read with
-``torch.load(weights_only=True)``: loading a checkpoint never runs code from the file.
+:func:`art_latent.io.safe_load` (``torch.load(weights_only=True)``): loading a checkpoint never runs code from the
+file.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from art_latent.io import atomic_path, sha256_file, unpickling_reason
+from art_latent.io import atomic_path, safe_load, sha256_file, unpickling_reason
 from art_latent.trainers.interrupts import deferred_sigterm
 
 logger = logging.getLogger(__name__)
@@ -232,7 +233,7 @@ def load_blob(reference: dict[str, Any], directory: Path, map_location: torch.de
     if sha256_file(path) != reference.get("sha256"):
         raise ValueError(f"{path} does not match the SHA-256 recorded in the checkpoint: it is corrupted or was "
                          "replaced. Start a new run (another checkpoint_dir or resume=False).")
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    state = safe_load(path, map_location=map_location)  # ValueError with a one-line message
     if not isinstance(state, dict) or sorted(state) != list(reference.get("keys", [])):
         raise ValueError(f"{path} does not hold the per-sample tensors {reference.get('keys')}.")
     return state
@@ -263,7 +264,8 @@ def remove_unreferenced_blobs(directory: Path) -> None:
 
 def load(path: Path, map_location: torch.device | str | None = None) -> dict[str, Any]:
     """
-    Read a checkpoint with ``torch.load(weights_only=True)`` and verify its checksum.
+    Read a checkpoint with :func:`art_latent.io.safe_load` (``torch.load(weights_only=True)``) and verify its
+    checksum.
 
     :param path: The checkpoint file.
     :param map_location: Where to put the tensors.
@@ -272,10 +274,10 @@ def load(path: Path, map_location: torch.device | str | None = None) -> dict[str
                         its checksum (a corrupted file).
     """
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:
-        raise ValueError(f"Cannot read checkpoint {path} safely (weights_only=True): {unpickling_reason(error)}") \
-            from error
+        state = safe_load(path, map_location=map_location)
+    except (FileNotFoundError, ValueError) as error:  # safe_load's ValueError wraps torch's error
+        reason = unpickling_reason(error.__cause__ or error)
+        raise ValueError(f"Cannot read checkpoint {path} safely (weights_only=True): {reason}") from error
     if not isinstance(state, dict) or state.get("format") not in READABLE_FORMATS:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise ValueError(f"{path} is not an art_latent checkpoint of format {FORMAT_VERSION} (found {found!r}).")
