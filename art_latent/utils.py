@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 from collections.abc import Iterator
 
 import torch
@@ -73,3 +74,16 @@ def preserve_requires_grad(model: torch.nn.Module) -> Iterator[None]:
     finally:
         for param, flag in saved:
             param.requires_grad_(flag)
+
+
+def user_stacklevel() -> int:
+    """
+    The ``stacklevel`` for :func:`warnings.warn` that makes the warning point at the first caller outside art_latent
+    (the user's ``fit`` call), however many of the library's frames lie between: call it as the argument of
+    ``warnings.warn`` in the function that warns.
+    """
+    frame = sys._getframe(1)  # the function that calls warnings.warn: stacklevel 1
+    level = 1
+    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] == "art_latent":
+        frame, level = frame.f_back, level + 1  # type: ignore[assignment]
+    return level

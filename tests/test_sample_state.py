@@ -137,9 +137,13 @@ def test_a_loader_without_indices_makes_the_pairs_per_batch_and_says_so(tiny_dat
     trainer = _hldr(clf)
     counter = _Counting(trainer, "make_pairs")
     loader = DataLoader(TensorDataset(torch.from_numpy(x), torch.from_numpy(y)), batch_size=16)
-    with pytest.warns(UserWarning, match="made per batch: the loader yields no sample indices.*IndexedDataset"):
+    with pytest.warns(UserWarning, match="made per batch: the loader yields no sample indices.*IndexedDataset") as seen:
         trainer.fit_generator(loader, nb_epochs=2, verbose=False)
     assert counter.samples == 2 * 32  # every batch of both epochs (the probe reads one batch, makes nothing)
+    assert seen[0].filename == __file__  # the warning points at the user's call, not into the library
+    with pytest.warns(UserWarning, match="made per batch") as seen:  # two library frames deeper: fit -> fit_generator
+        _hldr(make_classifier()).fit(loader, nb_epochs=1, verbose=False)
+    assert seen[0].filename == __file__
 
 
 def test_fixed_noise_from_an_indexed_loader_is_the_same_for_a_sample_in_every_epoch(tiny_data):

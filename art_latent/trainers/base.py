@@ -30,7 +30,7 @@ from art_latent.trainers.fingerprint import data_digest, describe_setting
 from art_latent.trainers.finite_guard import DeferredFiniteGuard
 from art_latent.trainers.fit_inputs import FitInputsMixin
 from art_latent.trainers.sample_state import SampleState, SampleStore
-from art_latent.utils import preserve_mode
+from art_latent.utils import preserve_mode, user_stacklevel
 from art_latent.validation import check_budget_units, check_int
 
 logger = logging.getLogger(__name__)
@@ -208,7 +208,7 @@ class LatentTrainer(FitInputsMixin, EpochLoopMixin, CheckpointingMixin, Trainer)
                 "are a transfer attack, not adversarial for the model being trained. Build the attack on the "
                 "trainer's classifier unless a transfer attack is intended.",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=user_stacklevel(),
             )
         return source
 

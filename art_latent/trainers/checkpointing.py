@@ -21,6 +21,7 @@ from art_latent.trainers import checkpoint as ckpt
 from art_latent.trainers.context import WRITE_ONCE
 from art_latent.trainers.fingerprint import describe_setting
 from art_latent.trainers.parts import TrainerParts
+from art_latent.utils import user_stacklevel
 from art_latent.validation import check_int
 
 logger = logging.getLogger(__name__)
@@ -163,7 +164,8 @@ class CheckpointingMixin(TrainerParts):
             if "optimizer" in saved and saved["optimizer"] != current.get("optimizer"):
                 warnings.warn(
                     f"Resuming {path}: the optimizer's options {current.get('optimizer')} differ from the run's "
-                    f"{saved['optimizer']}; the checkpoint's options replace them.", UserWarning, stacklevel=5)
+                    f"{saved['optimizer']}; the checkpoint's options replace them.", UserWarning,
+                    stacklevel=user_stacklevel())
             if state.get("mid_epoch") is not None and (saved.get("batch_size") != current.get("batch_size")
                                                        or saved.get("drop_last") != current.get("drop_last")):
                 raise ValueError(
@@ -175,7 +177,7 @@ class CheckpointingMixin(TrainerParts):
                 warnings.warn(
                     f"Resuming {path} with batch_size={current.get('batch_size')}, but it was written with "
                     f"batch_size={saved.get('batch_size')}: training continues with the new batch size, so the run "
-                    "will not reproduce an uninterrupted one.", UserWarning, stacklevel=5)
+                    "will not reproduce an uninterrupted one.", UserWarning, stacklevel=user_stacklevel())
         networks = {"model": (self._classifier.model, state["model"])}
         networks.update({key: (module, state["method"].get(key))
                          for key, module in self.checkpointed_networks().items()})
@@ -217,7 +219,7 @@ class CheckpointingMixin(TrainerParts):
                 f"Resuming {path}: the run started with learning rate(s) {saved.get('lr')}, the optimizer given now "
                 f"has {current.get('lr')}; the checkpoint's learning rates (and schedule) replace them. To change "
                 "the learning rate of a resumed run, set it in a callback after the first resumed epoch.",
-                UserWarning, stacklevel=5)
+                UserWarning, stacklevel=user_stacklevel())
             current["lr"] = saved.get("lr")  # what the run started with, in its later checkpoints too
 
     @staticmethod
@@ -311,7 +313,7 @@ class CheckpointingMixin(TrainerParts):
             name = f"{type(callback).__module__}.{type(callback).__qualname__}"
             if entry is None or entry.get("class") != name:
                 warnings.warn(f"The checkpoint holds no state for callbacks[{index}] ({name}): it starts afresh.",
-                              UserWarning, stacklevel=4)
+                              UserWarning, stacklevel=user_stacklevel())
                 continue
             load(entry["state"])
 

@@ -22,6 +22,7 @@ from art_latent.trainers import checkpoint as ckpt
 from art_latent.trainers.batches import LoaderBatches
 from art_latent.trainers.context import Batch, Callback
 from art_latent.trainers.parts import TrainerParts
+from art_latent.utils import user_stacklevel
 from art_latent.validation import check_data, check_int
 
 logger = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ class FitInputsMixin(TrainerParts):
         if resuming:
             warnings.warn("Resuming a run that trains from a loader: its data is identified by the loader's class, "
                           "data set size and batch size only, not by content (reading it all to hash it would cost "
-                          "an epoch). Resume only with the same data.", UserWarning, stacklevel=3)
+                          "an epoch). Resume only with the same data.", UserWarning, stacklevel=user_stacklevel())
         self.prepare_generator(loader, resuming)
         clf = self._classifier
         checked: list[bool] = []
@@ -133,7 +134,7 @@ class FitInputsMixin(TrainerParts):
         if self._dist_requested() and not loader.sharded:
             warnings.warn("Data-parallel training from a loader without a DistributedSampler: every process trains "
                           "on all of the data. Give each process DataLoader(..., sampler=DistributedSampler(...)).",
-                          UserWarning, stacklevel=3)
+                          UserWarning, stacklevel=user_stacklevel())
 
         def checked_batches() -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
             for x_b, y_b, index in loader.epoch(self._check, self.device, clf.nb_classes, tuple(clf.input_shape)):

@@ -47,6 +47,7 @@ from typing import Any
 
 import torch
 
+from art_latent.utils import user_stacklevel
 from art_latent.validation import check_choice, check_int
 
 logger = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ class SampleStore:
         """Make the rows per batch from now on (data whose samples cannot be found again), warning why."""
         if not self.per_batch:
             warnings.warn(f"The {self.spec.name} (refresh={self.spec.refresh!r}) will be made per batch: {reason}.",
-                          UserWarning, stacklevel=4)
+                          UserWarning, stacklevel=user_stacklevel())
             self.per_batch = True
 
     def due(self, epoch: int) -> bool:
