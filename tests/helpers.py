@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
 
 import torch
 from torch import nn
@@ -183,3 +187,14 @@ def every_trainer(device_type: str = "cpu") -> dict[str, Callable[[LatentClassif
 
     return {entry.key: (lambda clf, factory=entry.test_factory: factory(clf, 0))
             for entry in trainer_entries().values() if entry.test_factory is not None}
+
+
+def import_script(path: Path, name: str | None = None) -> ModuleType:
+    """A script of ``scripts/`` or ``benchmarks/`` imported as a module (registered in ``sys.modules``, where
+    dataclasses look their module up)."""
+    spec = importlib.util.spec_from_file_location(name or path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

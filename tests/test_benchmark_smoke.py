@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import import_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
 
 
 @pytest.mark.slow
 def test_benchmark_script_runs(tmp_path):
-    spec = importlib.util.spec_from_file_location("benchmark_run", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
+    module = import_script(SCRIPT, "benchmark_run")
     out = tmp_path / "bench.json"
     args = ["--model", "small_cnn", "--batch-size", "8", "--steps", "1", "--repeats", "1", "--warmup", "1",
             "--methods", "plain", "hldr_precomputed", "--no-memory", "--json", str(out)]

@@ -18,6 +18,15 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _assert_every_rank_matches(out_dir, reference, ref_history) -> None:
+    """Both processes of ``ddp_worker`` ended with the one-process weights and last loss."""
+    for rank in range(2):
+        result = torch.load(out_dir / f"rank{rank}.pt", weights_only=False)
+        for name, value in reference.items():
+            torch.testing.assert_close(result["weights"][name], value, atol=1e-5, rtol=0)
+        assert result["history"][-1]["loss"] == pytest.approx(ref_history[-1]["loss"], rel=1e-5)
+
+
 @pytest.mark.slow
 def test_two_processes_match_one_process_on_the_combined_batch(tiny_data, tmp_path):
     x, y = tiny_data
@@ -39,11 +48,7 @@ def test_two_processes_with_pairs_made_every_batch_match_one_process(tiny_data, 
     reference, ref_history = hldr_weights_after_training(x, y, batch_size=16, regenerate="batch")
     monkeypatch.setenv("ART_LATENT_TEST_REGENERATE", "batch")  # read by the spawned workers
     mp.spawn(ddp_worker, args=(2, _free_port(), x, y, str(tmp_path)), nprocs=2, join=True)
-    for rank in range(2):
-        result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
-        for name, value in reference.items():
-            torch.testing.assert_close(result["weights"][name], value, atol=1e-5, rtol=0)
-        assert result["history"][-1]["loss"] == pytest.approx(ref_history[-1]["loss"], rel=1e-5)
+    _assert_every_rank_matches(tmp_path, reference, ref_history)
 
 
 @pytest.mark.slow
@@ -54,11 +59,7 @@ def test_two_processes_reading_their_shards_from_loaders_match_one_process(tiny_
     reference, ref_history = hldr_weights_after_training(x, y, batch_size=16, loader=sharded_loader(x, y, 16))
     monkeypatch.setenv("ART_LATENT_TEST_LOADER", "1")  # read by the spawned workers
     mp.spawn(ddp_worker, args=(2, _free_port(), x, y, str(tmp_path)), nprocs=2, join=True)
-    for rank in range(2):
-        result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
-        for name, value in reference.items():
-            torch.testing.assert_close(result["weights"][name], value, atol=1e-5, rtol=0)
-        assert result["history"][-1]["loss"] == pytest.approx(ref_history[-1]["loss"], rel=1e-5)
+    _assert_every_rank_matches(tmp_path, reference, ref_history)
 
 
 @pytest.mark.slow

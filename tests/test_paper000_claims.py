@@ -5,14 +5,13 @@ against hand-computed values on a two-fold toy run, and the committed ``claims.m
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from helpers import import_script
 from scipy import stats
 
 logger = logging.getLogger(__name__)
@@ -27,12 +26,7 @@ SIGMAS = [0.0, 64.0]
 @pytest.fixture(scope="module")
 def claims() -> ModuleType:
     """The script, imported as a module."""
-    spec = importlib.util.spec_from_file_location("paper000_claims", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return import_script(SCRIPT, "paper000_claims")
 
 
 def _result(clean: float, fgsm8: float, ms: float) -> dict:

@@ -5,14 +5,13 @@ MNIST digits, resume without retraining, and the validation-only choice of c and
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from helpers import import_script
 
 logger = logging.getLogger(__name__)
 
@@ -24,12 +23,7 @@ pytest.importorskip("mlxtend")
 @pytest.fixture(scope="module")
 def repro() -> ModuleType:
     """The script, imported as a module."""
-    spec = importlib.util.spec_from_file_location("reproduce_paper003", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return import_script(SCRIPT, "reproduce_paper003")
 
 
 def _tiny_args(out: Path) -> list[str]:

@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from helpers import import_script
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "reproduce_paper004.py"
 
 
 @pytest.fixture(scope="module")
 def repro() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("reproduce_paper004", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return import_script(SCRIPT, "reproduce_paper004")
 
 
 def _tiny(out: Path, figures: str = "") -> list[str]:
