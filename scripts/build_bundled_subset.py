@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from art_latent.data.loaders import FASHION_MNIST_CLASSES, _find_idx_files, read_idx  # noqa: E402
+from art_latent.data.loaders import FASHION_MNIST_CLASSES, find_idx_files, read_idx  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def build_subset(source: Path, out: Path, train_per_class: int, test_per_class: 
     :param seed: Seed of the random generator.
     :return: The metadata written to the file.
     """
-    files, missing = _find_idx_files(source)
+    files, missing = find_idx_files(source)
     if missing:
         raise FileNotFoundError(f"{source} lacks {', '.join(missing)}.")
     arrays = {key: read_idx(path) for key, path in files.items()}

@@ -180,7 +180,7 @@ def _not_found(dataset: str, searched: Sequence[tuple[Path, str]], expected: Seq
     return FileNotFoundError("\n".join(lines))
 
 
-def _find_idx_files(directory: Path) -> tuple[dict[str, Path], list[str]]:
+def find_idx_files(directory: Path) -> tuple[dict[str, Path], list[str]]:
     """
     Locate the four (Fashion-)MNIST IDX files in `directory`, accepting gzip-compressed and raw files.
 
@@ -206,7 +206,7 @@ def _load_idx_dataset(
         if not directory.is_dir():
             searched.append((directory, "no such directory"))
             continue
-        files, missing = _find_idx_files(directory)
+        files, missing = find_idx_files(directory)
         if missing:
             searched.append((directory, f"missing {', '.join(missing)}"))
             continue
