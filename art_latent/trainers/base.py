@@ -18,7 +18,6 @@ from art.data_generators import DataGenerator, PyTorchDataGenerator
 from art.defences.trainer.trainer import Trainer
 from art.estimators.classification.pytorch import PyTorchClassifier
 
-from art_latent.capture import split_ref
 from art_latent.estimator import LatentClassifier
 from art_latent.perturbations import PerturbationSource, as_perturbation_source, attacked_model
 from art_latent.trainers.batches import LoaderBatches
@@ -29,14 +28,12 @@ from art_latent.trainers.epoch_loop import EpochLoopMixin
 from art_latent.trainers.fingerprint import data_digest, describe_setting
 from art_latent.trainers.finite_guard import DeferredFiniteGuard
 from art_latent.trainers.fit_inputs import FitInputsMixin
+from art_latent.trainers.optimization import OptimizationMixin
 from art_latent.trainers.sample_state import SampleState, SampleStore
-from art_latent.utils import preserve_mode, user_stacklevel
+from art_latent.utils import user_stacklevel
 from art_latent.validation import check_budget_units, check_int
 
 logger = logging.getLogger(__name__)
-
-_MIN_LOSS_SCALE = 1.0  # GradScaler starts at 2**16 and halves on every step it skips
-
 
 def _is_targeted(attack: Any) -> bool:
     for candidate in (attack, getattr(attack, "attack", None)):
@@ -46,7 +43,7 @@ def _is_targeted(attack: Any) -> bool:
     return False
 
 
-class LatentTrainer(FitInputsMixin, EpochLoopMixin, CheckpointingMixin, Trainer):
+class LatentTrainer(OptimizationMixin, FitInputsMixin, EpochLoopMixin, CheckpointingMixin, Trainer):
     """
     The training loop shared by every art_latent defense; on its own it trains with the classifier's loss (plain
     fine-tuning, the undefended baseline).
@@ -212,16 +209,6 @@ class LatentTrainer(FitInputsMixin, EpochLoopMixin, CheckpointingMixin, Trainer)
             )
         return source
 
-    def _resolve_amp(self, amp: bool | str) -> torch.dtype | None:
-        if amp is False or amp is None:
-            return None
-        if amp is True:
-            return torch.float16 if self.device.type == "cuda" else torch.bfloat16
-        dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
-        if amp not in dtypes:
-            raise ValueError(f"`amp` must be False, True, 'bf16' or 'fp16', got {amp!r}.")
-        return dtypes[amp]
-
     # ------------------------------------------------------------------ hooks for methods
 
     @property
@@ -305,87 +292,6 @@ class LatentTrainer(FitInputsMixin, EpochLoopMixin, CheckpointingMixin, Trainer)
         logits = self._classifier.model_logits(self._preprocess(batch["x"]))
         loss = self._classifier._loss(logits, batch["y"])
         return loss, logits, {}
-
-    def optimization_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """
-        One optimizer update: zero the gradients, :meth:`training_step` under autocast (with ``amp``), backward
-        (loss-scaled for fp16), step. Methods with several optimizers (e.g. a discriminator) override this.
-
-        :param batch: The batch.
-        :return: What :meth:`training_step` returned.
-        """
-        optimizer = self._classifier.optimizer
-        optimizer.zero_grad(set_to_none=True)
-        with self.autocast():
-            loss, logits, logs = self.training_step(batch)
-        self.backward_and_step(loss, optimizer, terms=logs)
-        return loss, logits, logs
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """``torch.autocast`` with the trainer's ``amp`` dtype, or a no-op context without ``amp``."""
-        if self._amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self._amp_dtype)
-
-    def backward_and_step(
-        self,
-        loss: torch.Tensor,
-        optimizer: torch.optim.Optimizer,
-        name: str = "loss",
-        terms: dict[str, torch.Tensor] | None = None,
-    ) -> None:
-        """
-        Back-propagate `loss` and step `optimizer`, through the fp16 ``GradScaler`` when there is one. With
-        ``check_finite``, the loss, the `terms` and the gradients are checked before the step (see
-        :class:`TrainingDivergedError`).
-
-        :param loss: The scalar loss.
-        :param optimizer: The optimizer to step.
-        :param name: The loss's name in error messages (methods with several optimizers name their steps).
-        :param terms: Further scalar terms to check, by name (the logs of :meth:`training_step`).
-        """
-        scaler = self._scaler
-        (loss if scaler is None else scaler.scale(loss)).backward()
-        self.sync_gradients(optimizer)
-        if self.check_finite:
-            flags, names = self._finite_flags(loss, optimizer, name, terms or {}, gradients=scaler is None)
-            guard = self._guard
-            if guard is not None and scaler is None and not guard.first_step(optimizer):
-                guard.step(optimizer, flags, names, (*self._position, self._steps_taken, self.global_step),
-                           self._buffers())
-                self._steps_taken += 1
-                return
-            if guard is not None:
-                self._read_guard()  # earlier steps first: the first failure is the one reported
-            found = [n for n, b in zip(names, flags.tolist(), strict=True) if b > 0]  # the one host read
-            if found:
-                raise self.divergence_error(f"non-finite {', '.join(found)}", terms=found)
-        if scaler is None:
-            optimizer.step()
-        else:
-            scaler.step(optimizer)  # skipped by the scaler when the gradients are not finite
-            scaler.update()
-            if self.check_finite and scaler.get_scale() < _MIN_LOSS_SCALE:
-                # Each skipped step halves the scale: below 1 the gradients were not finite for 16+ steps in a row.
-                raise self.divergence_error(
-                    f"non-finite gradient of {name} for many steps in a row (the fp16 loss scale fell to "
-                    f"{scaler.get_scale():.3g})", terms=[f"gradient of {name}"])
-        self._steps_taken += 1
-
-    def sync_gradients(self, optimizer: torch.optim.Optimizer) -> None:
-        """
-        Under data-parallel training, average the gradients of `optimizer`'s parameters across processes (weighted
-        by the per-process batch sizes); a no-op otherwise. Methods that step an optimizer themselves call this
-        between backward and step (:meth:`backward_and_step` does).
-
-        :param optimizer: The optimizer about to step.
-        """
-        if self._dist is None:
-            return
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        local = self._local_batch_size
-        total = self._global_batch_size or local * self._dist.world_size
-        self._dist.average_gradients(params, local, total)
 
     def train_mode(self) -> None:
         """
@@ -618,49 +524,6 @@ class LatentTrainer(FitInputsMixin, EpochLoopMixin, CheckpointingMixin, Trainer)
         """
         return {}
 
-    def check_model(self, x: np.ndarray) -> None:
-        """
-        The model contract, checked with one forward pass in eval mode on the first samples before any other work
-        (no BatchNorm statistic moves): the model has a trainable parameter, returns logits of shape
-        ``(n, nb_classes)`` (through ``output_key`` / ``logits_fn`` when set), and every layer the method
-        regularizes runs. Methods may extend it.
-
-        :param x: A few training inputs (numpy, validated).
-        :raises ValueError: Naming ``nb_classes``, the model's output or the layer.
-        :raises TypeError: If the output is not a tensor and nothing says where the logits are.
-        """
-        clf = self._classifier
-        model = clf.model
-        if not any(p.requires_grad for module in self.trained_modules() for p in module.parameters()):
-            raise ValueError("The `classifier`'s model has no trainable parameter (none, or all with requires_grad="
-                             "False): there is nothing to train.")
-        sample = torch.from_numpy(np.ascontiguousarray(x[:8])).to(self.device)
-        with preserve_mode(model), torch.no_grad():
-            model.eval()
-            x_pre = self._preprocess(sample)
-            output = model(x_pre)
-            logits = clf.select_logits(output)
-        expected = (len(sample), clf.nb_classes)
-        binary = clf.nb_classes == 2 and tuple(logits.shape) == (len(sample), 1)  # ART's one-output binary convention
-        if not binary and (logits.ndim != 2 or tuple(logits.shape) != expected):
-            raise ValueError(
-                f"The model returns logits of shape {tuple(logits.shape)} for {len(sample)} inputs, but the classifier "
-                f"has `nb_classes`={clf.nb_classes}: expected {expected}. Set `nb_classes` to the model's number of "
-                "outputs (or fix the model's last layer)."
-            )
-        layers = self.regularized_layers
-        if layers:
-            counts = clf.trace(x_pre, training=False).call_counts()
-            for ref in layers:
-                name, index = split_ref(ref)
-                if counts.get(name, 0) <= index:
-                    ran = counts.get(name, 0)
-                    raise ValueError(
-                        f"`{self.layers_argument}`: {ref!r} never runs in the model's forward pass (module {name!r} is "
-                        f"called {ran} time(s)): it cannot be regularized. Choose layers that run, e.g. "
-                        f"{clf.latent_layers[:4]}."
-                    )
-
     @property
     def regularized_layers(self) -> list[str]:
         """
@@ -677,36 +540,6 @@ class LatentTrainer(FitInputsMixin, EpochLoopMixin, CheckpointingMixin, Trainer)
         step diverges): the classifier's model by default; methods that train other networks extend the list.
         """
         return [self._classifier.model]
-
-    def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> dict[str, float]:
-        """
-        Clean (and, with a ``validation_attack``, robust) accuracy and loss on tensors, in eval mode.
-
-        :param x: Inputs on the device.
-        :param y: Class indices on the device.
-        :param batch_size: Evaluation batch size.
-        :return: ``{"val_loss", "val_accuracy"[, "val_robust_accuracy"]}``.
-        """
-        model = self._classifier.model
-        correct = torch.zeros((), device=self.device)
-        robust = torch.zeros((), device=self.device)
-        loss = torch.zeros((), device=self.device)
-        with preserve_mode(model):
-            model.eval()
-            for begin in range(0, len(y), batch_size):
-                xb, yb = x[begin : begin + batch_size], y[begin : begin + batch_size]
-                with torch.no_grad():
-                    logits = model(self._preprocess(xb))
-                    loss += self._classifier._loss(logits, yb) * len(yb)
-                    correct += (logits.argmax(1) == yb).sum()
-                if self.validation_attack is not None:
-                    x_adv = self.validation_attack.generate(xb, yb)
-                    with torch.no_grad():
-                        robust += (model(self._preprocess(x_adv)).argmax(1) == yb).sum()
-        result = {"val_loss": loss.item() / len(y), "val_accuracy": correct.item() / len(y)}
-        if self.validation_attack is not None:
-            result["val_robust_accuracy"] = robust.item() / len(y)
-        return result
 
     def stop_training(self) -> None:
         """Ask ``fit`` to stop after the current epoch (for callbacks)."""

@@ -343,43 +343,32 @@ class EpochLoopMixin(TrainerParts):
         diverged.__cause__ = unsaved
         return diverged
 
-    def _finite_flags(
-        self,
-        loss: torch.Tensor,
-        optimizer: torch.optim.Optimizer,
-        name: str,
-        terms: dict[str, torch.Tensor],
-        gradients: bool,
-    ) -> tuple[torch.Tensor, list[str]]:
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> dict[str, float]:
         """
-        The finite flags of a step, on the device: one per name, positive where the term is not finite (summed over
-        processes under data-parallel training).
-        """
-        names = [name, *(f"{name}/{key}" if name != "loss" else key for key in terms)]
-        values = [loss.detach().float(), *(v.detach().float() for v in terms.values())]
-        flags = [torch.isfinite(v).all() for v in values]
-        if gradients:  # with a GradScaler, inf gradients are expected now and then: the scaler skips those steps
-            grads = [p.grad.coalesce().values() if p.grad.is_sparse else p.grad
-                     for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-            if grads:
-                names.append(f"gradient of {name}")
-                # The max-norm cannot overflow on finite entries (a 2-norm can) and propagates NaN.
-                largest = torch.nn.utils.get_total_norm(grads, norm_type=math.inf)
-                flags.append(torch.isfinite(largest).to(flags[0].device))
-        bad = (~torch.stack(flags)).float()
-        if self._dist is not None:  # every process must stop at the same step, or the others hang in an all-reduce
-            bad = self._dist.sum_(bad)
-        return bad, names
+        Clean (and, with a ``validation_attack``, robust) accuracy and loss on tensors, in eval mode.
 
-    def _read_guard(self) -> None:
+        :param x: Inputs on the device.
+        :param y: Class indices on the device.
+        :param batch_size: Evaluation batch size.
+        :return: ``{"val_loss", "val_accuracy"[, "val_robust_accuracy"]}``.
         """
-        Read the deferred finite flags (one host read); raise the first failure as the immediate check would have,
-        with the loop's position set back to the failing step.
-        """
-        failed = self._guard.read() if self._guard is not None else None
-        if failed is None:
-            return
-        self._position = (failed.epoch, failed.batch)
-        self._steps_taken = failed.call
-        self.global_step = failed.global_step
-        raise self.divergence_error(f"non-finite {', '.join(failed.terms)}", terms=failed.terms)
+        model = self._classifier.model
+        correct = torch.zeros((), device=self.device)
+        robust = torch.zeros((), device=self.device)
+        loss = torch.zeros((), device=self.device)
+        with preserve_mode(model):
+            model.eval()
+            for begin in range(0, len(y), batch_size):
+                xb, yb = x[begin : begin + batch_size], y[begin : begin + batch_size]
+                with torch.no_grad():
+                    logits = model(self._preprocess(xb))
+                    loss += self._classifier._loss(logits, yb) * len(yb)
+                    correct += (logits.argmax(1) == yb).sum()
+                if self.validation_attack is not None:
+                    x_adv = self.validation_attack.generate(xb, yb)
+                    with torch.no_grad():
+                        robust += (model(self._preprocess(x_adv)).argmax(1) == yb).sum()
+        result = {"val_loss": loss.item() / len(y), "val_accuracy": correct.item() / len(y)}
+        if self.validation_attack is not None:
+            result["val_robust_accuracy"] = robust.item() / len(y)
+        return result

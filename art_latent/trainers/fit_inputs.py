@@ -18,11 +18,12 @@ import numpy as np
 import torch
 from art.data_generators import DataGenerator
 
+from art_latent.capture import split_ref
 from art_latent.trainers import checkpoint as ckpt
 from art_latent.trainers.batches import LoaderBatches
 from art_latent.trainers.context import Batch, Callback
 from art_latent.trainers.parts import TrainerParts
-from art_latent.utils import user_stacklevel
+from art_latent.utils import preserve_mode, user_stacklevel
 from art_latent.validation import check_data, check_int
 
 logger = logging.getLogger(__name__)
@@ -353,3 +354,46 @@ class FitInputsMixin(TrainerParts):
             return nb_batches, gen()
 
         return self._loop(epoch_batches, nb_epochs, scheduler, callbacks, verbose, val, checkpoint, resume)
+
+    def check_model(self, x: np.ndarray) -> None:
+        """
+        The model contract, checked with one forward pass in eval mode on the first samples before any other work
+        (no BatchNorm statistic moves): the model has a trainable parameter, returns logits of shape
+        ``(n, nb_classes)`` (through ``output_key`` / ``logits_fn`` when set), and every layer the method
+        regularizes runs. Methods may extend it.
+
+        :param x: A few training inputs (numpy, validated).
+        :raises ValueError: Naming ``nb_classes``, the model's output or the layer.
+        :raises TypeError: If the output is not a tensor and nothing says where the logits are.
+        """
+        clf = self._classifier
+        model = clf.model
+        if not any(p.requires_grad for module in self.trained_modules() for p in module.parameters()):
+            raise ValueError("The `classifier`'s model has no trainable parameter (none, or all with requires_grad="
+                             "False): there is nothing to train.")
+        sample = torch.from_numpy(np.ascontiguousarray(x[:8])).to(self.device)
+        with preserve_mode(model), torch.no_grad():
+            model.eval()
+            x_pre = self._preprocess(sample)
+            output = model(x_pre)
+            logits = clf.select_logits(output)
+        expected = (len(sample), clf.nb_classes)
+        binary = clf.nb_classes == 2 and tuple(logits.shape) == (len(sample), 1)  # ART's one-output binary convention
+        if not binary and (logits.ndim != 2 or tuple(logits.shape) != expected):
+            raise ValueError(
+                f"The model returns logits of shape {tuple(logits.shape)} for {len(sample)} inputs, but the classifier "
+                f"has `nb_classes`={clf.nb_classes}: expected {expected}. Set `nb_classes` to the model's number of "
+                "outputs (or fix the model's last layer)."
+            )
+        layers = self.regularized_layers
+        if layers:
+            counts = clf.trace(x_pre, training=False).call_counts()
+            for ref in layers:
+                name, index = split_ref(ref)
+                if counts.get(name, 0) <= index:
+                    ran = counts.get(name, 0)
+                    raise ValueError(
+                        f"`{self.layers_argument}`: {ref!r} never runs in the model's forward pass (module {name!r} is "
+                        f"called {ran} time(s)): it cannot be regularized. Choose layers that run, e.g. "
+                        f"{clf.latent_layers[:4]}."
+                    )

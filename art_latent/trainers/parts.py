@@ -16,6 +16,7 @@ import torch
 from art.data_generators import DataGenerator
 
 from art_latent.estimator import LatentClassifier
+from art_latent.perturbations import PerturbationSource
 from art_latent.trainers.context import Batch, Callback, TrainingDivergedError
 from art_latent.trainers.distributed import DistributedContext
 from art_latent.trainers.finite_guard import DeferredFiniteGuard
@@ -35,6 +36,8 @@ class TrainerParts:
     check_finite: bool | str
     sample_state_dir: str | None
     divergence_error: type[TrainingDivergedError]
+    layers_argument: str
+    validation_attack: PerturbationSource | None
     # the state of a fit
     history: list[dict[str, float]]
     _stop: bool
@@ -81,6 +84,14 @@ class TrainerParts:
         def optimization_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]: ...
 
         def train_mode(self) -> None: ...
+
+        def training_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]: ...
+
+        def _preprocess(self, x: torch.Tensor) -> torch.Tensor: ...
+
+        def _buffers(self) -> list[torch.Tensor]: ...
+
+        def _read_guard(self) -> None: ...
 
         def fit_context(self) -> contextlib.AbstractContextManager: ...
 
