@@ -8,7 +8,6 @@ import contextlib
 import inspect
 import logging
 import os
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -19,7 +18,7 @@ from art.defences.trainer.trainer import Trainer
 from art.estimators.classification.pytorch import PyTorchClassifier
 
 from art_latent.estimator import LatentClassifier
-from art_latent.perturbations import PerturbationSource, as_perturbation_source, attacked_model
+from art_latent.perturbations import PerturbationSource
 from art_latent.trainers.batches import LoaderBatches
 from art_latent.trainers.checkpointing import CheckpointingMixin
 from art_latent.trainers.context import Batch, Callback, LoopContext, TrainingDivergedError
@@ -30,17 +29,10 @@ from art_latent.trainers.finite_guard import DeferredFiniteGuard
 from art_latent.trainers.fit_inputs import FitInputsMixin
 from art_latent.trainers.optimization import OptimizationMixin
 from art_latent.trainers.sample_state import SampleState, SampleStore
-from art_latent.utils import user_stacklevel
-from art_latent.validation import check_budget_units, check_int
+from art_latent.trainers.training_attack import checked_attack_source
+from art_latent.validation import check_int
 
 logger = logging.getLogger(__name__)
-
-def _is_targeted(attack: Any) -> bool:
-    for candidate in (attack, getattr(attack, "attack", None)):
-        targeted = getattr(candidate, "targeted", False)
-        if isinstance(targeted, bool) and targeted:
-            return True
-    return False
 
 
 class LatentTrainer(OptimizationMixin, FitInputsMixin, EpochLoopMixin, CheckpointingMixin, Trainer):
@@ -189,25 +181,8 @@ class LatentTrainer(OptimizationMixin, FitInputsMixin, EpochLoopMixin, Checkpoin
         return self.attack
 
     def _attack_source(self, attack: Any, fast: bool, argument: str) -> PerturbationSource:
-        if argument == "attack" and self.allows_targeted_attack is False and _is_targeted(attack):
-            raise ValueError(
-                f"`{argument}` is a targeted attack ({type(attack).__name__} with targeted=True): its examples move "
-                f"towards the label they are given, which {type(self).__name__} uses as the true label, so training "
-                "on them would not defend against anything. Use an untargeted attack (targeted=False), as ART's "
-                "AdversarialTrainer requires."
-            )
-        source = as_perturbation_source(attack, fast=fast, argument=argument)
-        check_budget_units(argument, getattr(source, "eps", None), self._classifier.clip_values, "eps")
-        model = attacked_model(attack) or attacked_model(source)
-        if model is not None and model is not self._classifier.model:
-            warnings.warn(
-                f"`{argument}` follows the gradients of another model than the trainer's classifier: its examples "
-                "are a transfer attack, not adversarial for the model being trained. Build the attack on the "
-                "trainer's classifier unless a transfer attack is intended.",
-                UserWarning,
-                stacklevel=user_stacklevel(),
-            )
-        return source
+        refuse = argument == "attack" and self.allows_targeted_attack is False
+        return checked_attack_source(attack, fast, argument, self._classifier, refuse, type(self).__name__)
 
     # ------------------------------------------------------------------ hooks for methods
 
@@ -425,14 +400,12 @@ class LatentTrainer(OptimizationMixin, FitInputsMixin, EpochLoopMixin, Checkpoin
                 scheduler=scheduler, callbacks=callbacks, verbose=verbose, checkpoint_dir=checkpoint_dir,
                 checkpoint_every=checkpoint_every, resume=resume, checkpoint_every_steps=checkpoint_every_steps)
         batch_size = check_int("batch_size", batch_size)
-        nb_epochs = check_int("nb_epochs", nb_epochs)
         if not isinstance(drop_last, bool):
             raise ValueError(f"`drop_last` must be True or False, got {drop_last!r}.")
         if not isinstance(shuffle, bool):
             raise ValueError(f"`shuffle` must be True or False, got {shuffle!r}.")
-        self._check_scheduler_and_callbacks(scheduler, callbacks)
-        checkpoint = self._check_checkpoint_args(checkpoint_dir, checkpoint_every, resume)
-        self._every_steps = self._check_every_steps(checkpoint_every_steps, checkpoint)
+        run = self._run_options(nb_epochs, scheduler, callbacks, verbose, checkpoint_dir, checkpoint_every, resume,
+                                checkpoint_every_steps)
         x_np, y_np = self._check(x, y)
         val = self._validation_tensors(validation_data)
         self._check_fit_params(x_np, y_np, batch_size)
@@ -441,8 +414,7 @@ class LatentTrainer(OptimizationMixin, FitInputsMixin, EpochLoopMixin, Checkpoin
         self._fingerprint = {"data": data_digest(x_np, y_np), "settings": self.resume_settings(),
                              "batch_size": batch_size, "shuffle": shuffle, "drop_last": drop_last,
                              **self._run_settings(scheduler)}
-        return self._fit_arrays(x_np, y_np, in_memory, batch_size, shuffle, drop_last, nb_epochs, scheduler,
-                                callbacks, verbose, val, checkpoint, resume)
+        return self._fit_arrays(x_np, y_np, in_memory, batch_size, shuffle, drop_last, val, run)
 
     def fit_generator(  # pylint: disable=W0221
         self,
@@ -494,16 +466,12 @@ class LatentTrainer(OptimizationMixin, FitInputsMixin, EpochLoopMixin, Checkpoin
             loader = LoaderBatches(generator.iterator)  # its DataLoader's tensors, not get_batch()'s numpy copies
         elif not isinstance(generator, DataGenerator):
             loader = LoaderBatches(generator)  # raises TypeError for what is neither
-        nb_epochs = check_int("nb_epochs", nb_epochs)
-        self._check_scheduler_and_callbacks(scheduler, callbacks)
-        checkpoint = self._check_checkpoint_args(checkpoint_dir, checkpoint_every, resume)
-        self._every_steps = self._check_every_steps(checkpoint_every_steps, checkpoint)
+        run = self._run_options(nb_epochs, scheduler, callbacks, verbose, checkpoint_dir, checkpoint_every, resume,
+                                checkpoint_every_steps)
         if loader is not None:
-            return self._fit_loader(loader, nb_epochs, validation_data, scheduler, callbacks, verbose, checkpoint,
-                                    resume)
+            return self._fit_loader(loader, validation_data, run)
         assert isinstance(generator, DataGenerator)  # the loader branch took everything else
-        return self._fit_art_generator(generator, nb_epochs, validation_data, scheduler, callbacks, verbose,
-                                       checkpoint, resume)
+        return self._fit_art_generator(generator, validation_data, run)
 
     # ------------------------------------------------------------------ the loop
 
@@ -544,15 +512,3 @@ class LatentTrainer(OptimizationMixin, FitInputsMixin, EpochLoopMixin, Checkpoin
     def stop_training(self) -> None:
         """Ask ``fit`` to stop after the current epoch (for callbacks)."""
         self._stop = True
-
-    # ------------------------------------------------------------------ checkpoints
-
-
-
-
-
-
-
-
-
-

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from art_latent.trainers.checkpoint import CHECKPOINT_NAME
 from art_latent.trainers.distributed import DistributedContext
 
 if TYPE_CHECKING:
@@ -37,6 +38,27 @@ class TrainingDivergedError(FloatingPointError):
         self.epoch = epoch
         self.batch = batch
         self.checkpoint = checkpoint
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """
+    What a ``fit`` or ``fit_generator`` call asks of the loop besides its data, once checked: handed from the input
+    paths (:mod:`~art_latent.trainers.fit_inputs`) to the epoch loop (:mod:`~art_latent.trainers.epoch_loop`).
+    """
+
+    nb_epochs: int
+    scheduler: Any
+    callbacks: Sequence[Callback] | None
+    verbose: bool
+    #: The checkpoint directory and the epochs between checkpoints, or ``None``.
+    checkpoint: tuple[Path, int] | None
+    resume: bool
+
+    @property
+    def resumes(self) -> bool:
+        """Whether the run resumes from a checkpoint that exists."""
+        return self.resume and self.checkpoint is not None and (self.checkpoint[0] / CHECKPOINT_NAME).exists()
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from art_latent.trainers import checkpoint as ckpt
-from art_latent.trainers.context import Batch, Callback, TrainingDivergedError
+from art_latent.trainers.context import Batch, RunOptions, TrainingDivergedError
 from art_latent.trainers.distributed import DistributedContext, convert_sync_batchnorm
 from art_latent.trainers.finite_guard import DeferredFiniteGuard
 from art_latent.trainers.interrupts import sigterm_raises
@@ -42,16 +42,11 @@ class EpochLoopMixin(TrainerParts):
     def _loop(
         self,
         epoch_batches: Callable[[int], tuple[int | None, Iterator[Batch]]],
-        nb_epochs: int,
-        scheduler: Any,
-        callbacks: Sequence[Callback] | None,
-        verbose: bool,
         val: tuple[torch.Tensor, torch.Tensor] | None,
-        checkpoint: tuple[Path, int] | None,
-        resume: bool,
+        run: RunOptions,
     ) -> list[dict[str, float]]:
         model = self._classifier.model
-        callbacks = list(callbacks or [])
+        callbacks, verbose, checkpoint = list(run.callbacks or []), run.verbose, run.checkpoint
         # Each fit records its own method's layers (empty: the latent attack falls back to latent_layers).
         self._classifier.regularized_layers = self.regularized_layers
         self._dist = DistributedContext.resolve(self.distributed, self.device)
@@ -83,8 +78,8 @@ class EpochLoopMixin(TrainerParts):
             self._samples.make_per_batch("an ART DataGenerator's samples cannot be found again; give fit_generator "
                                          "a DataLoader over art_latent.data.IndexedDataset(dataset) instead")
         try:
-            return self._loop_epochs(nb_epochs, epoch_batches, scheduler, callbacks, verbose, val, path, every,
-                                     resume)
+            return self._loop_epochs(run.nb_epochs, epoch_batches, run.scheduler, callbacks, verbose, val, path,
+                                     every, run.resume)
         finally:
             if self._samples is not None:
                 self._samples.close()

@@ -11,7 +11,6 @@ import math
 import os
 import warnings
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,9 +18,8 @@ import torch
 from art.data_generators import DataGenerator
 
 from art_latent.capture import split_ref
-from art_latent.trainers import checkpoint as ckpt
 from art_latent.trainers.batches import LoaderBatches
-from art_latent.trainers.context import Batch, Callback
+from art_latent.trainers.context import Batch, Callback, RunOptions
 from art_latent.trainers.parts import TrainerParts
 from art_latent.utils import preserve_mode, user_stacklevel
 from art_latent.validation import check_data, check_int
@@ -79,13 +77,19 @@ class FitInputsMixin(TrainerParts):
         clf = self._classifier
         return check_data(x, y, clf.input_shape, clf.nb_classes, clf.clip_values, name=name)
 
-    def _check_every_steps(self, value: int | None, checkpoint: tuple[Path, int] | None) -> int | None:
-        if value is None:
-            return None
-        value = check_int("checkpoint_every_steps", value)
-        if checkpoint is None:
-            raise ValueError("`checkpoint_every_steps` needs a `checkpoint_dir`.")
-        return value
+    def _run_options(self, nb_epochs: int, scheduler: Any, callbacks: Sequence[Callback] | None, verbose: bool,
+                     checkpoint_dir: str | os.PathLike | None, checkpoint_every: int, resume: bool,
+                     checkpoint_every_steps: int | None) -> RunOptions:
+        """The arguments ``fit`` and ``fit_generator`` share, checked (sets the steps between checkpoints)."""
+        nb_epochs = check_int("nb_epochs", nb_epochs)
+        self._check_scheduler_and_callbacks(scheduler, callbacks)
+        checkpoint = self._check_checkpoint_args(checkpoint_dir, checkpoint_every, resume)
+        self._every_steps = None
+        if checkpoint_every_steps is not None:
+            self._every_steps = check_int("checkpoint_every_steps", checkpoint_every_steps)
+            if checkpoint is None:
+                raise ValueError("`checkpoint_every_steps` needs a `checkpoint_dir`.")
+        return RunOptions(nb_epochs, scheduler, callbacks, verbose, checkpoint, resume)
 
     def _dist_requested(self) -> bool:
         import torch.distributed as dist
@@ -101,17 +105,7 @@ class FitInputsMixin(TrainerParts):
             raise ValueError("`validation_data` must be a tuple (x_val, y_val).")
         return self._to_device(*self._check(validation_data[0], validation_data[1], name="validation_data[0]"))
 
-    def _fit_loader(
-        self,
-        loader: LoaderBatches,
-        nb_epochs: int,
-        validation_data: Any,
-        scheduler: Any,
-        callbacks: Sequence[Callback] | None,
-        verbose: bool,
-        checkpoint: tuple[Path, int] | None,
-        resume: bool,
-    ) -> list[dict[str, float]]:
+    def _fit_loader(self, loader: LoaderBatches, validation_data: Any, run: RunOptions) -> list[dict[str, float]]:
         """``fit_generator`` on a DataLoader or re-iterable: one pass over it per epoch (see :mod:`.batches`)."""
         if loader.size is not None and loader.batch_size and not loader.drop_last \
                 and loader.size % loader.batch_size == 1 and self._has_batchnorm():
@@ -121,9 +115,9 @@ class FitInputsMixin(TrainerParts):
                 "drop_last=True in the DataLoader or another batch_size.")
         val = self._validation_tensors(validation_data)
         self._fingerprint = {"data": loader.describe(), "settings": self.resume_settings(),
-                             "batch_size": loader.batch_size, **self._run_settings(scheduler)}
+                             "batch_size": loader.batch_size, **self._run_settings(run.scheduler)}
         self._seed_everything()
-        resuming = resume and checkpoint is not None and (checkpoint[0] / ckpt.CHECKPOINT_NAME).exists()
+        resuming = run.resumes
         if resuming:
             warnings.warn("Resuming a run that trains from a loader: its data is identified by the loader's class, "
                           "data set size and batch size only, not by content (reading it all to hash it would cost "
@@ -170,7 +164,7 @@ class FitInputsMixin(TrainerParts):
 
             return loader.nb_batches, gen()
 
-        return self._loop(epoch_batches, nb_epochs, scheduler, callbacks, verbose, val, checkpoint, resume)
+        return self._loop(epoch_batches, val, run)
 
     def _check_scheduler_and_callbacks(self, scheduler: Any, callbacks: Any) -> None:
         if scheduler is not None:
@@ -224,13 +218,8 @@ class FitInputsMixin(TrainerParts):
         batch_size: int,
         shuffle: bool,
         drop_last: bool,
-        nb_epochs: int,
-        scheduler: Any,
-        callbacks: Sequence[Callback] | None,
-        verbose: bool,
         val: tuple[torch.Tensor, torch.Tensor] | None,
-        checkpoint: tuple[Path, int] | None,
-        resume: bool,
+        run: RunOptions,
     ) -> list[dict[str, float]]:
         """``fit(x, y)`` after its checks: the arrays on the device or in host memory, shuffled into batches."""
         self._seed_everything()
@@ -301,19 +290,10 @@ class FitInputsMixin(TrainerParts):
 
             return len(starts), batches()
 
-        return self._loop(epoch_batches, nb_epochs, scheduler, callbacks, verbose, val, checkpoint, resume)
+        return self._loop(epoch_batches, val, run)
 
-    def _fit_art_generator(
-        self,
-        generator: DataGenerator,
-        nb_epochs: int,
-        validation_data: Any,
-        scheduler: Any,
-        callbacks: Sequence[Callback] | None,
-        verbose: bool,
-        checkpoint: tuple[Path, int] | None,
-        resume: bool,
-    ) -> list[dict[str, float]]:
+    def _fit_art_generator(self, generator: DataGenerator, validation_data: Any,
+                           run: RunOptions) -> list[dict[str, float]]:
         """``fit_generator`` on an ART ``DataGenerator`` (not a torch one) after its checks: its numpy batches."""
         if generator.size is None or generator.batch_size is None:
             raise ValueError("The DataGenerator must know its `size` and `batch_size`.")
@@ -332,10 +312,9 @@ class FitInputsMixin(TrainerParts):
         self._fingerprint = {"data": {"generator": f"{type(generator).__module__}.{type(generator).__qualname__}",
                                       "size": int(generator.size), "batch_size": int(generator.batch_size)},
                              "settings": self.resume_settings(), "batch_size": int(generator.batch_size),
-                             **self._run_settings(scheduler)}
+                             **self._run_settings(run.scheduler)}
         self._seed_everything()
-        resuming = resume and checkpoint is not None and (checkpoint[0] / ckpt.CHECKPOINT_NAME).exists()
-        self.prepare_generator(generator, resuming)
+        self.prepare_generator(generator, run.resumes)
         # an ART DataGenerator's samples cannot be found again: made per batch
         self._build_samples, self._samples_by_index = None, False
         nb_batches = math.ceil(generator.size / generator.batch_size)
@@ -353,7 +332,7 @@ class FitInputsMixin(TrainerParts):
 
             return nb_batches, gen()
 
-        return self._loop(epoch_batches, nb_epochs, scheduler, callbacks, verbose, val, checkpoint, resume)
+        return self._loop(epoch_batches, val, run)
 
     def check_model(self, x: np.ndarray) -> None:
         """

@@ -7,6 +7,7 @@ loop, its checkpoints) share, declared once for type checkers. Nothing here exis
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,7 +18,7 @@ from art.data_generators import DataGenerator
 
 from art_latent.estimator import LatentClassifier
 from art_latent.perturbations import PerturbationSource
-from art_latent.trainers.context import Batch, Callback, TrainingDivergedError
+from art_latent.trainers.context import Batch, RunOptions, TrainingDivergedError
 from art_latent.trainers.distributed import DistributedContext
 from art_latent.trainers.finite_guard import DeferredFiniteGuard
 from art_latent.trainers.sample_state import SampleState, SampleStore
@@ -111,19 +112,14 @@ class TrainerParts:
 
         def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> dict[str, float]: ...
 
-        def _loop(
-            self,
-            epoch_batches: Callable[[int], tuple[int | None, Iterator[Batch]]],
-            nb_epochs: int,
-            scheduler: Any,
-            callbacks: Sequence[Callback] | None,
-            verbose: bool,
-            val: tuple[torch.Tensor, torch.Tensor] | None,
-            checkpoint: tuple[Path, int] | None,
-            resume: bool,
-        ) -> list[dict[str, float]]: ...
+        def _loop(self, epoch_batches: Callable[[int], tuple[int | None, Iterator[Batch]]],
+                  val: tuple[torch.Tensor, torch.Tensor] | None, run: RunOptions) -> list[dict[str, float]]: ...
 
         def _run_settings(self, scheduler: Any) -> dict[str, Any]: ...
+
+        @staticmethod
+        def _check_checkpoint_args(checkpoint_dir: str | os.PathLike | None, checkpoint_every: int,
+                                   resume: bool) -> tuple[Path, int] | None: ...
 
         def _write(self, path: Path, epoch: int, scheduler: Any, batch: int | None = None,
                    mid: dict[str, Any] | None = None) -> None: ...
