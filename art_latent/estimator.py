@@ -317,7 +317,7 @@ class LatentClassifier(PyTorchClassifier):
         :return: Call references.
         :raises ValueError: If there is no layer.
         """
-        names = self._module_names(layers, argument=argument)
+        names = self.layer_refs(layers, argument=argument)
         if not names:
             raise ValueError(
                 f"`{argument}`: the model has no hidden layer to regularize (layers={self._layers!r} found none); "
@@ -330,12 +330,21 @@ class LatentClassifier(PyTorchClassifier):
         """Every qualified module name of the model (``model.named_modules()``, the root excluded)."""
         return [name for name, _ in self.model.named_modules() if name]
 
-    def _module_names(
+    def layer_refs(
         self,
-        layers: LayerSpec | int | Sequence[str | int | type] | None,
+        layers: LayerSpec | int | Sequence[str | int | type] | None = None,
         argument: str = "layers",
         x_preprocessed: torch.Tensor | None = None,
     ) -> list[str]:
+        """
+        The call references a layer selection names (possibly empty; :meth:`require_latent_layers` refuses that).
+
+        :param layers: A specification (see :meth:`forward_with_latents`; ``"auto"`` is resolved on this model
+                       whatever the classifier's own `layers`); default: :attr:`latent_layers`.
+        :param argument: The argument name for error messages.
+        :param x_preprocessed: A preprocessed batch for resolving ``"auto"`` (default: zeros of `input_shape`).
+        :return: Call references, in order, without duplicates.
+        """
         if layers is None:
             return list(self._ensure_layers(x_preprocessed))
         return select_layers(self.model, layers, latent=lambda: self._ensure_layers(x_preprocessed),
@@ -343,7 +352,11 @@ class LatentClassifier(PyTorchClassifier):
 
     # ----------------------------------------------------------------- forward
 
-    def _needs_copy(self, ref: str) -> bool:
+    def needs_copy(self, ref: str) -> bool:
+        """
+        Whether a capture of `ref` must be copied: a traced forward pass showed that later code modifies its output in
+        place (or no trace of the current mode exists yet, or a data-dependent in-place change was seen).
+        """
         trace = self._traces.get(self.model.training)
         return trace is None or ref in trace.inplace_refs or ref in self._forced_copies
 
@@ -359,7 +372,7 @@ class LatentClassifier(PyTorchClassifier):
         :param layers: Names, call references (or indices into :attr:`latent_layers`); default: :attr:`latent_layers`.
         :return: The dict that the hooks fill.
         """
-        with self._hooked(self._module_names(layers)) as (store, _):
+        with self._hooked(self.layer_refs(layers)) as (store, _):
             yield store
 
     @contextlib.contextmanager
@@ -382,7 +395,7 @@ class LatentClassifier(PyTorchClassifier):
 
     @contextlib.contextmanager
     def _hooked(self, names: list[str]) -> Iterator[tuple[dict[str, torch.Tensor], Versions]]:
-        with record_outputs(self.model, names, self._needs_copy, roots=[self.model, self._model],
+        with record_outputs(self.model, names, self.needs_copy, roots=[self.model, self._model],
                             kept=self._kept) as recorded:
             yield recorded
 
@@ -408,7 +421,7 @@ class LatentClassifier(PyTorchClassifier):
             x_pre, _ = self._apply_preprocessing(x, y=None, fit=False, no_grad=False)
         else:  # numpy preprocessing defences (ART's SpatialSmoothing, ...): not differentiable, as in ART
             x_pre = self._preprocess_example(x)
-        names = self._module_names(layers, x_preprocessed=x_pre)
+        names = self.layer_refs(layers, x_preprocessed=x_pre)
         if names:
             self.trace(x_pre)  # once per mode: which captures must be copied
         for _attempt in range(2):
@@ -457,7 +470,7 @@ class LatentClassifier(PyTorchClassifier):
                                  f"(accepted: -{len(top)} to {len(top) - 1}).")
             name = top[layer]
         else:
-            name = self._module_names(-1 if layer is None else layer, argument="layer")[0]
+            name = self.layer_refs(-1 if layer is None else layer, argument="layer")[0]
         with preserve_mode(self.model):
             self.model.eval()
             if framework:

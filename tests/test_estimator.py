@@ -171,8 +171,8 @@ def test_methods_accept_module_types_and_auto_as_layers(tiny_classifier):
 
     from art_latent import HLDRTrainer
 
-    assert tiny_classifier._module_names(nn.ELU) == ["stem.unit.act"]
-    assert tiny_classifier._module_names(["fc", nn.ELU]) == ["fc", "stem.unit.act"]
-    assert tiny_classifier._module_names("auto") == tiny_classifier.latent_layers
+    assert tiny_classifier.layer_refs(nn.ELU) == ["stem.unit.act"]
+    assert tiny_classifier.layer_refs(["fc", nn.ELU]) == ["fc", "stem.unit.act"]
+    assert tiny_classifier.layer_refs("auto") == tiny_classifier.latent_layers
     trainer = HLDRTrainer(tiny_classifier, FastGradientMethod(tiny_classifier, eps=0.1), layers=nn.ELU)
     assert trainer.layers == ["stem.unit.act"]

@@ -219,7 +219,7 @@ def perturbation_error(
         raise ValueError(f"`x` and `x_adv` must have the same shape, got {tuple(x_t.shape)} and {tuple(xa_t.shape)}.")
     if len(x_t) == 0:
         raise ValueError("`x` is empty.")
-    names = classifier._module_names(layers)
+    names = classifier.layer_refs(layers)
     num = torch.zeros(len(names), dtype=torch.float64, device=x_t.device)
     den = torch.zeros(len(names), dtype=torch.float64, device=x_t.device)
     model = classifier.model

@@ -47,7 +47,7 @@ def learnable_layers(classifier: LatentClassifier, include_logits: bool = False)
     :param include_logits: Also measure the logits layer.
     :return: Qualified module names in execution order.
     """
-    names = classifier._resolve("auto")
+    names = classifier.layer_refs("auto")
     if include_logits:
         trace = classifier.trace(training=False)
         learnable = [call.ref for call in trace.calls if call.leaf and isinstance(call.module, LEARNABLE_TYPES)]

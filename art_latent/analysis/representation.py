@@ -70,7 +70,7 @@ def resolve_embedding(
         )
     if layer is None:
         return EmbeddingSite(final_linear_layer(classifier), True)
-    names = classifier._module_names(layer, argument=argument)
+    names = classifier.layer_refs(layer, argument=argument)
     if len(names) != 1:
         raise ValueError(f"`{argument}` must name one layer (the embedding); {layer!r} matches {names}.")
     return EmbeddingSite(names[0], False)

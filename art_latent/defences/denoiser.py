@@ -203,7 +203,7 @@ class DenoiserTrainer(LatentTrainer):
         if guide_layer == LOGITS:
             return LOGITS
         if guide_layer != LAST_CONV:
-            names = self._plain._module_names(guide_layer, argument="guide_layer")
+            names = self._plain.layer_refs(guide_layer, argument="guide_layer")
             if len(names) != 1:
                 raise ValueError(f"`guide_layer` must name one layer, {guide_layer!r} matches {names}.")
             return names[0]

@@ -182,7 +182,7 @@ class LayerwisePerturbationTrainer(LatentTrainer):
             self._outputs[name] = output
             # later in-place code (an in-place ReLU) would change the captured tensor: it works on a copy (always,
             # unless a trace of this mode shows no in-place change)
-            return output.clone() if self._classifier._needs_copy(name) else None
+            return output.clone() if self._classifier.needs_copy(name) else None
         if state == "apply":
             perturbation = self._current[name]
             self._log_size(name, output, perturbation)
