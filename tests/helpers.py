@@ -126,8 +126,23 @@ def ddp_worker(rank: int, world_size: int, port: int, x, y, out_dir: str) -> Non
             x, y, batch_size=8, checkpoint=f"{out_dir}/ckpt", distributed=True, loader=loader,
             regenerate=os.environ.get("ART_LATENT_TEST_REGENERATE", "never"))
         torch.save({"weights": weights, "history": history}, f"{out_dir}/rank{rank}.pt")
+        dist.barrier()  # neither process closes its connections while the other still uses them (gloo aborts)
     finally:
         dist.destroy_process_group()
+    _leave_spawned_process()
+
+
+def _leave_spawned_process() -> None:
+    """
+    End a spawned gloo worker that has written its results without interpreter finalization: on a loaded machine a
+    worker occasionally aborted there ("terminate called without an active exception", SIGABRT) after both processes
+    had written their files, failing a run whose results were complete.
+    """
+    import os
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def killed_at(trainer, kill_at: int | None):
@@ -169,12 +184,15 @@ def ddp_resume_worker(rank: int, world_size: int, port: int, x, y, out_dir: str,
         try:
             history = trainer.fit(x, y, nb_epochs=2, batch_size=8, checkpoint_dir=f"{out_dir}/ckpt", resume=resume,
                                   checkpoint_every_steps=1, verbose=False)
-        except KeyboardInterrupt:
-            return
-        weights = {k: v.detach().clone() for k, v in clf.model.state_dict().items()}
-        torch.save({"weights": weights, "history": history}, f"{out_dir}/rank{rank}.pt")
+        except KeyboardInterrupt:  # both processes stop at the same step, after the same checkpoint barrier
+            pass
+        else:
+            weights = {k: v.detach().clone() for k, v in clf.model.state_dict().items()}
+            torch.save({"weights": weights, "history": history}, f"{out_dir}/rank{rank}.pt")
+        dist.barrier()  # neither process closes its connections while the other still uses them (gloo aborts)
     finally:
         dist.destroy_process_group()
+    _leave_spawned_process()
 
 
 def every_trainer(device_type: str = "cpu") -> dict[str, Callable[[LatentClassifier], object]]:
