@@ -32,7 +32,7 @@ Setup (``--help`` for every knob):
   sensitivity :math:`\\|E(x) - E(x')\\|_2 / \\|E(x)\\|_2` under that PGD
   (:func:`~art_latent.analysis.representation.representation_sensitivity`, paper 001 Fig. 4), the representation's
   dimensionality (:func:`~art_latent.analysis.representation.representation_dimensionality`, Table A5), AutoAttack's
-  standard ensemble at ``--eps`` (:class:`~art_latent.analysis.autoattack.AutoAttackEnsemble`: APGD-CE, APGD-T,
+  standard ensemble at ``--eps`` (:class:`~art_latent.attacks.autoattack.AutoAttackEnsemble`: APGD-CE, APGD-T,
   Square; reduced budgets ``--aa-iter``, ``--aa-targets``, ``--aa-queries``), and transfer (black-box) PGD at
   ``--eps`` from the plain and the PGD-AT model of the same seed to every row (paper 001 Tables 1 and A4). AFD's
   discriminator accuracy is logged every ``--log-every`` (10) training steps (paper 001 Fig. A5).
@@ -431,7 +431,7 @@ def evaluate_run(key: str, seed: int, data: dict, args: argparse.Namespace) -> d
     from art.attacks.evasion import FastGradientMethod
 
     from art_latent.analysis import representation_dimensionality, representation_sensitivity, robust_accuracy_auc
-    from art_latent.analysis.autoattack import AutoAttackEnsemble
+    from art_latent.attacks.autoattack import AutoAttackEnsemble
 
     path = Path(args.out) / "eval" / f"{key}.json"
     if path.exists():

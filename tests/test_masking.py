@@ -9,9 +9,9 @@ from helpers import TinyNet
 from torch import nn
 
 from art_latent import LatentClassifier, LatentTrainer
-from art_latent.analysis.autoattack import AutoAttackEnsemble
 from art_latent.analysis.masking import masking_checks
 from art_latent.analysis.report import ATTACKS, RobustnessReport
+from art_latent.attacks.autoattack import AutoAttackEnsemble
 
 
 class _Quantize(torch.autograd.Function):

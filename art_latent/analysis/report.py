@@ -21,7 +21,6 @@ import torch
 from tqdm.auto import tqdm
 
 from art_latent.analysis import report_render
-from art_latent.analysis.autoattack import MULTIPROCESS_MESSAGE, PRESETS
 from art_latent.analysis.curves import (
     accuracy_under_perturbation,
     accuracy_vs_noise,
@@ -32,6 +31,7 @@ from art_latent.analysis.curves import (
 from art_latent.analysis.masking import gradient_masking_flags
 from art_latent.analysis.masking import masking_checks as run_masking_checks
 from art_latent.analysis.plotting import plot_curves
+from art_latent.attacks.autoattack import MULTIPROCESS_MESSAGE, PRESETS
 from art_latent.io import atomic_write, json_safe, write_json
 from art_latent.registries.evaluation_attacks import attack_names, attack_titles, evaluation_attack
 from art_latent.validation import check_budget_units, check_choice, check_int, check_range
@@ -61,7 +61,7 @@ class RobustnessReport:
     * ``"transfer"``: adversarial examples made by ``transfer_attack`` (PGD or FGSM) on the *reference*
       (undefended) model, shown to every model;
     * ``"noise"``: additive Gaussian noise over `sigma_list`;
-    * ``"autoattack"``: AutoAttack's ensemble (:class:`~art_latent.analysis.autoattack.AutoAttackEnsemble`:
+    * ``"autoattack"``: AutoAttack's ensemble (:class:`~art_latent.attacks.autoattack.AutoAttackEnsemble`:
       ``"standard"`` = APGD-CE, APGD-T, Square; ``"fast"`` = APGD-CE, APGD-DLR), white-box;
     * ``"latent"``: the latent adaptive attack :class:`~art_latent.attacks.LatentPGD` on each classifier's
       ``regularized_layers`` (else its ``latent_layers``), PGD's steps and restarts, white-box.
@@ -121,8 +121,8 @@ class RobustnessReport:
         :param pgd_restarts: PGD random starts (ART's ``num_random_init``; 0 starts at the input).
         :param transfer_attack: ``"pgd"`` or ``"fgsm"``: the attack run on the reference model for ``"transfer"``.
         :param autoattack_preset: ``"standard"`` or ``"fast"`` (see
-                                  :class:`~art_latent.analysis.autoattack.AutoAttackEnsemble`).
-        :param autoattack_kwargs: Extra keyword arguments of :class:`~art_latent.analysis.autoattack.AutoAttackEnsemble`
+                                  :class:`~art_latent.attacks.autoattack.AutoAttackEnsemble`).
+        :param autoattack_kwargs: Extra keyword arguments of :class:`~art_latent.attacks.autoattack.AutoAttackEnsemble`
                                   (``max_iter``, ``targets``, ``square_queries``).
         :param latent_kwargs: Extra keyword arguments of :class:`~art_latent.attacks.LatentPGD` (``latent_weight``,
                               ``mode``, ``layers``, ...).

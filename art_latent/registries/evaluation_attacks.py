@@ -133,7 +133,7 @@ def _pgd(report: Any, classifier: Any, eps: float, generator: Any) -> Any:
 
 
 def _autoattack(report: Any, classifier: Any, eps: float, generator: Any) -> Any:
-    from art_latent.analysis.autoattack import MULTIPROCESS_MESSAGE, AutoAttackEnsemble
+    from art_latent.attacks.autoattack import MULTIPROCESS_MESSAGE, AutoAttackEnsemble
     from art_latent.perturbations import ARTAttackSource
 
     if importlib.util.find_spec("multiprocess") is None:
