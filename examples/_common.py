@@ -180,8 +180,9 @@ def small_cnn_classifier(data: Data, state: dict | None = None, sgd: bool = True
 
 def show_progress(quiet: bool = False) -> None:
     """
-    One line per training epoch on stderr, with the time since the start (the trainers' one-line epoch summary on
-    the ``art_latent.trainers.base`` logger): the examples run for minutes, and this says where they are.
+    One line per training epoch on stderr, with the time since the start (the trainers' one-line epoch summary, and
+    their other information, on the ``art_latent.trainers`` loggers): the examples run for minutes, and this says
+    where they are.
     """
     started = time.perf_counter()
 
@@ -191,7 +192,7 @@ def show_progress(quiet: bool = False) -> None:
 
     handler = logging.StreamHandler()
     handler.setFormatter(Elapsed())
-    trainer_log = logging.getLogger("art_latent.trainers.base")
+    trainer_log = logging.getLogger("art_latent.trainers")  # the package: the epoch line is epoch_loop's
     trainer_log.handlers = [handler]
     trainer_log.propagate = False
     trainer_log.setLevel(logging.WARNING if quiet else logging.INFO)

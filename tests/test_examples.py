@@ -9,6 +9,7 @@ one per CPU core, by a module fixture; each test then checks one example's exit 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -50,3 +51,6 @@ def test_example_runs(script: Path, smoke_runs):
     table = out / f"{script.stem}.txt"
     assert table.is_file(), f"{script.name} wrote no {table.name}: {sorted(p.name for p in out.iterdir())}"
     assert "|" in table.read_text(), f"{table.name} holds no table"
+    # the progress lines show_progress promises: one per training epoch, with the time since the start
+    assert re.search(r"^\[\s*\d+ s\] \w+ epoch 1/\d+: ", process.stderr, re.M), \
+        f"{script.name} printed no epoch line:\n{process.stderr[-2000:]}"
