@@ -342,7 +342,8 @@ class LatentClassifier(PyTorchClassifier):
         :param layers: A specification (see :meth:`forward_with_latents`; ``"auto"`` is resolved on this model
                        whatever the classifier's own `layers`); default: :attr:`latent_layers`.
         :param argument: The argument name for error messages.
-        :param x_preprocessed: A preprocessed batch for resolving ``"auto"`` (default: zeros of `input_shape`).
+        :param x_preprocessed: A preprocessed batch for resolving ``"auto"``, and the classifier's own `layers` when
+                               they are first needed (default or an int index); default: zeros of `input_shape`.
         :return: Call references, in order, without duplicates.
         """
         if layers is None:

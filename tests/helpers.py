@@ -138,8 +138,10 @@ def _leave_spawned_process() -> None:
     worker occasionally aborted there ("terminate called without an active exception", SIGABRT) after both processes
     had written their files, failing a run whose results were complete.
     """
+    import multiprocessing
     import os
 
+    assert multiprocessing.parent_process() is not None, "only a spawned worker may leave this way"
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

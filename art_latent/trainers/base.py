@@ -400,12 +400,12 @@ class LatentTrainer(OptimizationMixin, FitInputsMixin, EpochLoopMixin, Checkpoin
                 scheduler=scheduler, callbacks=callbacks, verbose=verbose, checkpoint_dir=checkpoint_dir,
                 checkpoint_every=checkpoint_every, resume=resume, checkpoint_every_steps=checkpoint_every_steps)
         batch_size = check_int("batch_size", batch_size)
+        run = self._run_options(nb_epochs, scheduler, callbacks, verbose, checkpoint_dir, checkpoint_every, resume,
+                                checkpoint_every_steps)
         if not isinstance(drop_last, bool):
             raise ValueError(f"`drop_last` must be True or False, got {drop_last!r}.")
         if not isinstance(shuffle, bool):
             raise ValueError(f"`shuffle` must be True or False, got {shuffle!r}.")
-        run = self._run_options(nb_epochs, scheduler, callbacks, verbose, checkpoint_dir, checkpoint_every, resume,
-                                checkpoint_every_steps)
         x_np, y_np = self._check(x, y)
         val = self._validation_tensors(validation_data)
         self._check_fit_params(x_np, y_np, batch_size)

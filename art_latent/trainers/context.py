@@ -1,6 +1,7 @@
 """
 The types the training loop shares with methods and its own modules: the batch, the callback signature, the
-divergence error and :class:`LoopContext`, what a method's hooks may read of the loop.
+divergence error, :class:`LoopContext` (what a method's hooks may read of the loop) and :class:`RunOptions` (what one
+``fit`` call asks of the loop).
 """
 
 from __future__ import annotations

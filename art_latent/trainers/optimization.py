@@ -36,11 +36,12 @@ class OptimizationMixin(TrainerParts):
 
     def optimization_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """
-        One optimizer update: zero the gradients, :meth:`training_step` under autocast (with ``amp``), backward
-        (loss-scaled for fp16), step. Methods with several optimizers (e.g. a discriminator) override this.
+        One optimizer update: zero the gradients, :meth:`~art_latent.trainers.base.LatentTrainer.training_step`
+        under autocast (with ``amp``), backward (loss-scaled for fp16), step. Methods with several optimizers (e.g. a
+        discriminator) override this.
 
         :param batch: The batch.
-        :return: What :meth:`training_step` returned.
+        :return: What :meth:`~art_latent.trainers.base.LatentTrainer.training_step` returned.
         """
         optimizer = self._classifier.optimizer
         optimizer.zero_grad(set_to_none=True)
@@ -65,12 +66,13 @@ class OptimizationMixin(TrainerParts):
         """
         Back-propagate `loss` and step `optimizer`, through the fp16 ``GradScaler`` when there is one. With
         ``check_finite``, the loss, the `terms` and the gradients are checked before the step (see
-        :class:`TrainingDivergedError`).
+        :class:`~art_latent.trainers.context.TrainingDivergedError`).
 
         :param loss: The scalar loss.
         :param optimizer: The optimizer to step.
         :param name: The loss's name in error messages (methods with several optimizers name their steps).
-        :param terms: Further scalar terms to check, by name (the logs of :meth:`training_step`).
+        :param terms: Further scalar terms to check, by name (the logs of
+                      :meth:`~art_latent.trainers.base.LatentTrainer.training_step`).
         """
         scaler = self._scaler
         (loss if scaler is None else scaler.scale(loss)).backward()

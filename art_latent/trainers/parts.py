@@ -1,7 +1,7 @@
 """
 The attributes and methods that the parts of :class:`~art_latent.trainers.base.LatentTrainer` (its inputs, its epoch
 loop, its checkpoints) share, declared once for type checkers. Nothing here exists at run time: the trainer's
-``__init__`` sets the attributes and :mod:`art_latent.trainers.base` defines the methods.
+``__init__`` sets the attributes, and :mod:`art_latent.trainers.base` and its mixins define the methods.
 """
 
 from __future__ import annotations
