@@ -55,6 +55,8 @@ class RunOptions:
     #: The checkpoint directory and the epochs between checkpoints, or ``None``.
     checkpoint: tuple[Path, int] | None
     resume: bool
+    #: Optimizer steps between checkpoints inside an epoch, or ``None`` (at epoch ends only).
+    every_steps: int | None
 
     @property
     def resumes(self) -> bool:

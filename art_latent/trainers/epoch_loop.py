@@ -60,6 +60,7 @@ class EpochLoopMixin(TrainerParts):
         deferred = self.check_finite == "deferred" or (self.check_finite is True and self.device.type != "cpu")
         self._guard = DeferredFiniteGuard(self.device) if deferred and self._scaler is None else None
         self._checkpoint = checkpoint
+        self._every_steps = run.every_steps
         path, every = (None, 1) if checkpoint is None else (checkpoint[0] / ckpt.CHECKPOINT_NAME, checkpoint[1])
         self.history = []
         self._stop = False
@@ -78,20 +79,20 @@ class EpochLoopMixin(TrainerParts):
             self._samples.make_per_batch("an ART DataGenerator's samples cannot be found again; give fit_generator "
                                          "a DataLoader over art_latent.data.IndexedDataset(dataset) instead")
         try:
-            return self._loop_epochs(run.nb_epochs, epoch_batches, run.scheduler, callbacks, verbose, val, path,
-                                     every, run.resume)
+            return self._loop_epochs(epoch_batches, run, callbacks, verbose, val, path, every)
         finally:
             if self._samples is not None:
                 self._samples.close()
             self._samples, self._build_samples, self._samples_by_index = None, None, False
             self.carried = {}
 
-    def _loop_epochs(self, nb_epochs: int, epoch_batches: Callable[[int], tuple[int | None, Iterator[Batch]]],
-                     scheduler: Any, callbacks: list[Any], verbose: bool, val: tuple[torch.Tensor, torch.Tensor] | None,
-                     path: Path | None, every: int, resume: bool) -> list[dict[str, float]]:
+    def _loop_epochs(self, epoch_batches: Callable[[int], tuple[int | None, Iterator[Batch]]], run: RunOptions,
+                     callbacks: list[Any], verbose: bool, val: tuple[torch.Tensor, torch.Tensor] | None,
+                     path: Path | None, every: int) -> list[dict[str, float]]:
         model, checkpoint = self._classifier.model, self._checkpoint
+        nb_epochs, scheduler = run.nb_epochs, run.scheduler
         start_epoch = 0
-        if resume and path is not None and path.exists():
+        if run.resumes and path is not None:
             start_epoch, self._stop = self._load_checkpoint(path, scheduler)
             logger.info("Resumed from %s after epoch %d%s.", path, start_epoch,
                         "" if self._resume_mid is None else f" and {self._resume_mid['step']} steps of the next")
@@ -99,7 +100,7 @@ class EpochLoopMixin(TrainerParts):
                 logger.info("The checkpointed run was stopped by a callback after epoch %d: nothing to resume.",
                             start_epoch)
                 return self.history
-        elif resume:
+        elif run.resume:
             logger.info("No checkpoint in %s yet: training from the start.", checkpoint[0] if checkpoint else None)
         for callback in callbacks:
             start = getattr(callback, "on_fit_start", None)

@@ -80,16 +80,16 @@ class FitInputsMixin(TrainerParts):
     def _run_options(self, nb_epochs: int, scheduler: Any, callbacks: Sequence[Callback] | None, verbose: bool,
                      checkpoint_dir: str | os.PathLike | None, checkpoint_every: int, resume: bool,
                      checkpoint_every_steps: int | None) -> RunOptions:
-        """The arguments ``fit`` and ``fit_generator`` share, checked (sets the steps between checkpoints)."""
+        """The arguments ``fit`` and ``fit_generator`` share, checked."""
         nb_epochs = check_int("nb_epochs", nb_epochs)
         self._check_scheduler_and_callbacks(scheduler, callbacks)
         checkpoint = self._check_checkpoint_args(checkpoint_dir, checkpoint_every, resume)
-        self._every_steps = None
+        every_steps = None
         if checkpoint_every_steps is not None:
-            self._every_steps = check_int("checkpoint_every_steps", checkpoint_every_steps)
+            every_steps = check_int("checkpoint_every_steps", checkpoint_every_steps)
             if checkpoint is None:
                 raise ValueError("`checkpoint_every_steps` needs a `checkpoint_dir`.")
-        return RunOptions(nb_epochs, scheduler, callbacks, verbose, checkpoint, resume)
+        return RunOptions(nb_epochs, scheduler, callbacks, verbose, checkpoint, resume, every_steps)
 
     def _dist_requested(self) -> bool:
         import torch.distributed as dist
